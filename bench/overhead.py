@@ -1,0 +1,378 @@
+"""Framework overhead: ember and Lightning vs an idiomatic hand-written PyTorch loop.
+
+Every scenario trains the same model (same init, seeded before construction) on the
+same data (TensorDataset + DataLoader, shuffle=False) with SGD(lr=0.01, momentum=0.9)
+and MSE loss, three ways, interleaved inside one process:
+
+    warm-up (untimed): hand, ember, lightning
+    round 1..N:        hand, ember, lightning
+
+The reported number is the median over rounds of the per-round ratio framework/hand.
+Timed region:
+  * hand:       optimizer construction + the training loop (+ validation loop);
+  * frameworks: Trainer construction + trainer.fit(...).
+Model, LightningModule and DataLoader construction are outside the timed region for
+all three. stdout/stderr are redirected to os.devnull around every timed run (all
+three alike), so progress bars are still drawn (enable_progress_bar=True) but do not
+hit the terminal.  After every run the final parameters are compared bitwise.
+
+    python bench/overhead.py                       # all sizes, 5 rounds
+    python bench/overhead.py --sizes tiny,small --rounds 3 --frameworks hand,lightning
+    python bench/overhead.py --out bench/out/overhead.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+C.ensure_repo_on_path()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+SEED = 1234
+LR = 0.01
+MOMENTUM = 0.9
+
+# name -> layer widths, batch size, total train steps, epochs, val batches/epoch, logged metrics/step
+SCENARIOS = {
+    "tiny": dict(widths=(1, 2, 2, 1), batch=1, steps=1200, epochs=1, val_batches=0, metrics=1, target=1.05),
+    "small": dict(widths=(32, 64, 64, 1), batch=64, steps=600, epochs=1, val_batches=0, metrics=1, target=1.03),
+    "medium": dict(widths=(784, 1024, 1024, 1), batch=256, steps=80, epochs=1, val_batches=0, metrics=1,
+                   target=1.01),
+    # 1,200 steps as 6 epochs x 200 steps, a 50-batch validation pass after every epoch.
+    "tiny+val": dict(widths=(1, 2, 2, 1), batch=1, steps=1200, epochs=6, val_batches=50, metrics=1, target=1.05),
+    # 5 metrics logged per step (loss + 4 more).
+    "tiny+5 metrics": dict(widths=(1, 2, 2, 1), batch=1, steps=1200, epochs=1, val_batches=0, metrics=5,
+                           target=1.05),
+}
+SIZE_ALIASES = {"val": "tiny+val", "tiny+val": "tiny+val", "metrics": "tiny+5 metrics",
+                "tiny+metrics": "tiny+5 metrics", "tiny+5metrics": "tiny+5 metrics",
+                "tiny+5 metrics": "tiny+5 metrics", "tiny+5": "tiny+5 metrics"}
+ALL_FRAMEWORKS = ("hand", "ember", "lightning")
+
+
+# ----------------------------------------------------------------------------- data/model
+def make_net(widths) -> nn.Module:
+    torch.manual_seed(SEED)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def make_data(widths, batch, n_batches, salt):
+    g = torch.Generator().manual_seed(SEED + salt)
+    n = batch * n_batches
+    x = torch.randn(n, widths[0], generator=g)
+    y = torch.sin(x.sum(dim=1, keepdim=True)) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def make_loader(ds, batch):
+    # shuffle=False; the explicit generator keeps the loader's per-iterator base seed
+    # from drawing on the global RNG.
+    return DataLoader(ds, batch_size=batch, shuffle=False, generator=torch.Generator().manual_seed(SEED))
+
+
+def extra_metrics(pred, y):
+    """The 4 metrics logged on top of the loss in the "5 metrics" scenario.
+
+    Computed from the detached prediction in both the hand loop and the modules, so the
+    tensor work is identical and no autograd graph is built for them.
+    """
+    err = pred.detach() - y
+    abs_err = err.abs()
+    return {"mae": abs_err.mean(), "max_abs_err": abs_err.max(), "pred_mean": pred.detach().mean(),
+            "bias": err.mean()}
+
+
+def checksum(net) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).clone() for p in net.parameters()])
+
+
+# ----------------------------------------------------------------------------- hand loop
+def run_hand(net, train_loader, val_loader, sc):
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    five = sc["metrics"] == 5
+    latest = {}  # hand equivalent of self.log(...) for the 5 metrics: latest detached tensors
+    val_history = []
+    for _ in range(sc["epochs"]):
+        net.train()
+        for x, y in train_loader:
+            pred = net(x)
+            loss = F.mse_loss(pred, y)
+            if five:
+                latest["loss"] = loss.detach()
+                latest.update(extra_metrics(pred, y))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if val_loader is not None:
+            # Hand equivalent of logging val_loss (on_epoch mean): batch-size-weighted
+            # mean kept as a tensor, turned into a float once per epoch.
+            net.eval()
+            with torch.no_grad():
+                total, count = torch.zeros(()), 0
+                for x, y in val_loader:
+                    total += F.mse_loss(net(x), y) * x.shape[0]
+                    count += x.shape[0]
+                val_history.append((total / count).item())
+            net.train()
+    return latest, val_history
+
+
+# ----------------------------------------------------------------------------- frameworks
+def make_module_classes(L):
+    """The same LightningModule source for both frameworks (`L` is ember or lightning)."""
+
+    class Regressor(L.LightningModule):
+        def __init__(self, net, n_metrics):
+            super().__init__()
+            self.net = net
+            self.n_metrics = n_metrics
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            pred = self.net(x)
+            loss = F.mse_loss(pred, y)
+            self.log("loss", loss, prog_bar=True)
+            if self.n_metrics == 5:
+                for name, value in extra_metrics(pred, y).items():
+                    self.log(name, value)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
+
+    class RegressorWithVal(Regressor):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", F.mse_loss(self.net(x), y), prog_bar=True)
+
+    return Regressor, RegressorWithVal
+
+
+def run_framework(L, classes, net, train_loader, val_loader, sc):
+    Regressor, RegressorWithVal = classes
+    cls = RegressorWithVal if val_loader is not None else Regressor
+    module = cls(net, sc["metrics"])
+    kwargs = dict(max_epochs=sc["epochs"], accelerator="cpu", devices=1, logger=False,
+                  enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True)
+    if val_loader is not None:
+        # The hand loop does no pre-training "sanity" validation, so neither do the frameworks.
+        kwargs["num_sanity_val_steps"] = 0
+
+    def timed():
+        trainer = L.Trainer(**kwargs)
+        if val_loader is None:
+            trainer.fit(module, train_dataloaders=train_loader)
+        else:
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+
+    return timed
+
+
+# ----------------------------------------------------------------------------- driver
+def silence_frameworks():
+    warnings.simplefilter("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric",
+                 "pytorch_lightning", "ember"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def load_frameworks(requested):
+    """Returns ({name: (module, classes)}, notes)."""
+    loaded, notes = {}, []
+    for name in requested:
+        if name == "hand":
+            continue
+        try:
+            if name == "ember":
+                import ember as L
+            else:
+                import lightning as L
+            L.Trainer, L.LightningModule  # noqa: B018  (must exist)
+            loaded[name] = (L, make_module_classes(L))
+        except Exception as exc:
+            notes.append(f"{name} skipped: not usable ({type(exc).__name__}: {exc})")
+    return loaded, notes
+
+
+def one_run(fw, frameworks, sc):
+    """Build everything untimed, then time the run. Returns (seconds, checksum)."""
+    widths, batch = sc["widths"], sc["batch"]
+    steps_per_epoch = sc["steps"] // sc["epochs"]
+    train_loader = make_loader(make_data(widths, batch, steps_per_epoch, salt=0), batch)
+    val_loader = (make_loader(make_data(widths, batch, sc["val_batches"], salt=1), batch)
+                  if sc["val_batches"] else None)
+    net = make_net(widths)
+    if fw == "hand":
+        def timed():
+            run_hand(net, train_loader, val_loader, sc)
+    else:
+        L, classes = frameworks[fw]
+        timed = run_framework(L, classes, net, train_loader, val_loader, sc)
+    gc.collect()
+    with C.quiet():
+        t0 = time.perf_counter()
+        timed()
+        t1 = time.perf_counter()
+    return t1 - t0, checksum(net)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="tiny,small,medium,tiny+val,tiny+5 metrics",
+                   help="comma list of: " + ", ".join(SCENARIOS) + " (aliases: val, metrics)")
+    p.add_argument("--rounds", type=int, default=5, help="timed interleaved rounds (>= 3)")
+    p.add_argument("--frameworks", default="hand,ember,lightning")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--out", "--markdown", dest="out", default=None, help="also write the markdown here")
+    a = p.parse_args(argv)
+    if a.rounds < 3:
+        p.error("--rounds must be >= 3")
+    sizes = []
+    for s in (s.strip() for s in a.sizes.split(",") if s.strip()):
+        s = SIZE_ALIASES.get(s, s)
+        if s not in SCENARIOS:
+            p.error(f"unknown size {s!r}; choose from {list(SCENARIOS)}")
+        sizes.append(s)
+    fws = [f.strip() for f in a.frameworks.split(",") if f.strip()]
+    bad = [f for f in fws if f not in ALL_FRAMEWORKS]
+    if bad or "hand" not in fws:
+        p.error(f"--frameworks must include hand and be a subset of {ALL_FRAMEWORKS}")
+    a.sizes, a.frameworks = sizes, [f for f in ALL_FRAMEWORKS if f in fws]
+    return a
+
+
+def fmt_ratio(r):
+    return "n/a" if r is None else f"{r:.3f}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    frameworks, notes = load_frameworks(args.frameworks)
+    silence_frameworks()  # after the imports: lightning sets its loggers' levels on import
+    fws = ["hand"] + [f for f in ("ember", "lightning") if f in frameworks]
+    log = sys.stderr  # progress goes to the real stderr, outside the timed regions
+
+    times = {s: {f: [] for f in fws} for s in args.sizes}
+    errors = {}  # (size, fw) -> traceback text
+    mismatches = []
+    for size in args.sizes:
+        sc = SCENARIOS[size]
+        ref = None
+        active = list(fws)
+        for rnd in range(args.rounds + 1):  # round 0 = untimed warm-up
+            for fw in list(active):
+                try:
+                    dt, cs = one_run(fw, frameworks, sc)
+                except Exception:
+                    tb = traceback.format_exc()
+                    errors[(size, fw)] = tb
+                    active.remove(fw)
+                    print(f"[{size}] {fw} FAILED:\n{tb}", file=log)
+                    continue
+                if ref is None:
+                    ref = cs
+                elif not torch.equal(cs, ref):
+                    diff = (cs - ref).abs().max().item() if cs.shape == ref.shape else float("nan")
+                    mismatches.append(f"{size}: {fw} (round {rnd}) differs from hand, max |diff| {diff:.3g}")
+                if rnd > 0:
+                    times[size][fw].append(dt)
+            print(f"[{size}] {'warm-up' if rnd == 0 else f'round {rnd}/{args.rounds}'}: "
+                  + ", ".join(f"{f} {times[size][f][-1] * 1e3:.0f} ms" for f in active
+                              if rnd > 0 and times[size][f]), file=log)
+
+    # ------------------------------------------------------------------ report
+    extra = {
+        "torch": torch.__version__,
+        "ember": C.package_version("ember") if "ember" in frameworks else "not used",
+        "lightning": C.package_version("lightning") if "lightning" in frameworks else "not used",
+        "torch threads": torch.get_num_threads(),
+        "rounds": f"{args.rounds} timed (+1 untimed warm-up), interleaved {' → '.join(fws)}",
+        "output": "stdout/stderr → os.devnull during every timed run (progress bars still on)",
+        "optimizer": f"SGD(lr={LR}, momentum={MOMENTUM}), MSE loss, seed {SEED}",
+    }
+    lines = C.header_lines("Framework overhead vs hand-written PyTorch loop", extra)
+    lines += [f"- note: {n}" for n in notes]
+    if notes:
+        lines.append("")
+
+    def ratios(size, fw):
+        h, f = times[size]["hand"], times[size].get(fw, [])
+        if not f or len(f) != len(h):
+            return None
+        return C.median([b / a for a, b in zip(h, f)])
+
+    rows = []
+    for size in args.sizes:
+        sc = SCENARIOS[size]
+        re, rl = ratios(size, "ember"), ratios(size, "lightning")
+        if "ember" not in fws:
+            verdict = "n/a"
+        elif (size, "ember") in errors:
+            verdict = "ERROR"
+        else:
+            verdict = "n/a" if re is None else ("PASS" if re <= sc["target"] else "MISS")
+        rows.append([size, sc["steps"], fmt_ratio(re), f"≤ {sc['target']:.2f}", verdict, fmt_ratio(rl)])
+    lines.append("Median over rounds of the per-round wall-time ratio framework/hand "
+                 "(Trainer construction + fit vs optimizer construction + loop):")
+    lines.append("")
+    lines.append(C.md_table(["scenario", "steps", "ember/hand", "target", "ember", "lightning/hand"], rows))
+    lines.append("")
+
+    ctx_rows = []
+    for size in args.sizes:
+        sc = SCENARIOS[size]
+        med = {f: C.median(times[size][f]) for f in fws}
+        row = [size]
+        for f in ("hand", "ember", "lightning"):
+            row.append(f"{med[f] * 1e3:.1f}" if f in med and times[size][f] else "n/a")
+        for f in ("ember", "lightning"):
+            if f in med and times[size][f]:
+                row.append(f"{(med[f] - med['hand']) / sc['steps'] * 1e6:.0f}")
+            else:
+                row.append("n/a")
+        rr = [b / a for a, b in zip(times[size]["hand"], times[size].get("ember", []))]
+        row.append(f"{min(rr):.3f}–{max(rr):.3f}" if rr else "n/a")
+        ctx_rows.append(row)
+    lines.append("Context only (not targets): median absolute wall times in ms, the implied "
+                 "per-step overhead in µs, and the spread of the per-round ember/hand ratio:")
+    lines.append("")
+    lines.append(C.md_table(["scenario", "hand ms", "ember ms", "lightning ms", "ember µs/step",
+                             "lightning µs/step", "ember/hand min–max"], ctx_rows))
+    lines.append("")
+    if mismatches:
+        lines.append("checksums: DIFFER")
+        lines += [f"- {m}" for m in mismatches]
+    else:
+        lines.append("checksums: identical (final parameters bitwise equal across "
+                     + ", ".join(fws) + " and all rounds, per scenario)")
+    for (size, fw), tb in errors.items():
+        lines += ["", f"ERROR in {fw} / {size}:", "```", tb.rstrip(), "```"]
+    C.emit("\n".join(lines), args.out)
+    return 1 if (mismatches or errors) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Callbacks shipped with ember. Submodules load on first use to keep ``import ember`` fast."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .callback import Callback
+
+_LAZY = {
+    "TQDMProgressBar": ".progress",
+    "ProgressBar": ".progress",
+    "RichProgressBar": ".progress",
+    "ModelSummary": ".model_summary",
+    "ModelCheckpoint": ".checkpoint",
+    "EarlyStopping": ".early_stopping",
+    "LearningRateMonitor": ".lr_monitor",
+    "Timer": ".timer",
+    "LearningRateFinder": ".lr_finder",
+}
+
+__all__ = ["Callback", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'ember.callbacks' has no attribute {name!r}")

@@ -1,0 +1,202 @@
+"""Progress bars. The bar reads tensors only when it redraws (about 10 times a second)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from .callback import Callback
+
+
+class ProgressBar(Callback):
+    """Base for progress bars; the Trainer finds it through ``_is_progress_bar``."""
+
+    _is_progress_bar = True
+
+    def __init__(self) -> None:
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        """What the bar shows after the counters: the last loss and every prog_bar metric."""
+        items: dict[str, Any] = {}
+        logger = trainer.logger
+        version = getattr(logger, "_version", None) if logger is not None else None
+        if isinstance(version, (int, str)):
+            items["v_num"] = version
+        loss = trainer._last_loss
+        if loss is not None:
+            items["loss"] = f"{float(loss) * trainer.accumulate_grad_batches:.3g}"
+        for key, value in trainer._metrics.progress_bar_metrics.items():
+            try:
+                items[key] = f"{float(value):.3g}"
+            except (TypeError, ValueError):
+                items[key] = value
+        return items
+
+
+class TQDMProgressBar(ProgressBar):
+    """A tqdm bar per training epoch, plus a transient one for validation."""
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False, process_position: int = 0) -> None:
+        super().__init__()
+        self.refresh_rate = refresh_rate
+        self.leave = leave
+        self.process_position = process_position
+        self._min_interval = 0.1  # seconds between redraws
+        self._bar: Any = None
+        self._val_bar: Any = None
+        self._next_draw = 0.0
+        self._pending = 0
+
+    def _tqdm(self, **kwargs: Any) -> Any:
+        from tqdm.auto import tqdm  # imported on first use, not with ember
+
+        return tqdm(file=sys.stderr, dynamic_ncols=True, position=self.process_position, mininterval=0,
+                    disable=not self._enabled or self.refresh_rate == 0, **kwargs)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        total = trainer.num_training_batches
+        if self._bar is None:
+            self._bar = self._tqdm(total=None if total == float("inf") else total, leave=True, unit="it")
+        else:
+            self._bar.reset(total=None if total == float("inf") else total)
+        self._bar.set_description(f"Epoch {trainer.current_epoch}")
+        self._pending = 0
+        self._next_draw = 0.0
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._pending += 1
+        now = time.monotonic()
+        if now < self._next_draw and not trainer._is_last_batch:
+            return
+        self._draw(trainer, pl_module, now)
+
+    def _draw(self, trainer: Any, pl_module: Any, now: float) -> None:
+        bar = self._bar
+        if bar is None or bar.disable:
+            return
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.update(self._pending)
+        self._pending = 0
+        self._next_draw = now + self._min_interval
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.update(self._pending)
+            self._pending = 0
+            self._bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _eval_start(self, trainer: Any, desc: str) -> None:
+        if trainer.sanity_checking:
+            desc = "Sanity Checking"
+        self._val_bar = self._tqdm(desc=desc, leave=False, total=None, unit="it")
+        self._val_pending = 0
+        self._val_next = 0.0
+
+    def _eval_batch(self) -> None:
+        if self._val_bar is None:
+            return
+        self._val_pending += 1
+        now = time.monotonic()
+        if now >= self._val_next:
+            self._val_bar.update(self._val_pending)
+            self._val_pending = 0
+            self._val_next = now + self._min_interval
+
+    def _eval_end(self) -> None:
+        if self._val_bar is not None:
+            self._val_bar.close()
+            self._val_bar = None
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_start(trainer, "Validation")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._eval_batch()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end()
+        if self._bar is not None and not self._bar.disable:
+            self._bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_start(trainer, "Testing")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._eval_batch()
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end()
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_start(trainer, "Predicting")
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._eval_batch()
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end()
+
+
+class RichProgressBar(ProgressBar):
+    """A progress bar drawn with ``rich`` (optional dependency)."""
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False) -> None:
+        super().__init__()
+        try:
+            import rich.progress  # noqa: F401
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError("RichProgressBar needs the `rich` package: pip install rich") from exc
+        self.refresh_rate = refresh_rate
+        self.leave = leave
+        self._progress: Any = None
+        self._task: Any = None
+        self._next_draw = 0.0
+        self._pending = 0
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                  TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+                                  disable=not self._enabled)
+        self._progress.start()
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        total = trainer.num_training_batches
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(f"Epoch {trainer.current_epoch}",
+                                             total=None if total == float("inf") else total, metrics="")
+        self._pending = 0
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._pending += 1
+        now = time.monotonic()
+        if now < self._next_draw and not trainer._is_last_batch:
+            return
+        metrics = " ".join(f"{k}={v}" for k, v in self.get_metrics(trainer, pl_module).items())
+        self._progress.update(self._task, advance=self._pending, metrics=metrics)
+        self._pending = 0
+        self._next_draw = now + 0.1
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None

@@ -1,0 +1,421 @@
+"""LightningModule: an ``nn.Module`` that also holds its training code.
+
+Every hook here is a default the Trainer falls back on; the dispatcher skips
+the no-op ones, so a model pays only for the hooks it overrides.
+"""
+from __future__ import annotations
+
+import inspect
+from argparse import Namespace
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+class AttributeDict(dict):
+    """A dict whose keys read like attributes: ``self.hparams.lr``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"hparams has no {key!r}; it has {sorted(self)}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+class LightningModule(nn.Module):
+    """Weights in ``__init__``, ``forward``, ``training_step``, ``configure_optimizers``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer: Any = None
+        self._automatic_optimization = True
+        self._hparams: AttributeDict = AttributeDict()
+        self._hparams_initial: AttributeDict = AttributeDict()
+        self._device = torch.device("cpu")
+        self._log_hyperparams = True
+        self.example_input_array: Any = None
+
+    # ---- trainer-provided state ----------------------------------------
+    @property
+    def trainer(self) -> Any:
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(model) first.")
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "LightningModule":
+        # Track the device after .to()/.cuda()/.cpu() so self.device is free to read.
+        out = super()._apply(fn, *args, **kwargs)
+        for t in self.parameters():
+            self._device = t.device
+            break
+        else:
+            for t in self.buffers():
+                self._device = t.device
+                break
+        return out
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def logger(self) -> Any:
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._trainer.loggers if self._trainer is not None else []
+
+    @property
+    def automatic_optimization(self) -> bool:
+        return self._automatic_optimization
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = bool(value)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(*args, **kwargs)
+
+    # ---- logging ----------------------------------------------------------
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        metric_attribute: str | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """Record a metric; the Trainer decides when it reaches the logger and the progress bar."""
+        if self._trainer is None:
+            return  # Lightning ignores log() outside a Trainer run as well
+        self._trainer._metrics.log(
+            self, name, value, prog_bar=prog_bar, logger=True if logger is None else logger,
+            on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx, enable_graph=enable_graph,
+            sync_dist=sync_dist, add_dataloader_idx=add_dataloader_idx, batch_size=batch_size,
+        )
+
+    def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
+        for name, value in dictionary.items():
+            self.log(name, value, **kwargs)
+
+    # ---- hyperparameters ---------------------------------------------------
+    def save_hyperparameters(
+        self, *args: Any, ignore: str | Iterable[str] | None = None, frame: Any = None, logger: bool = True
+    ) -> None:
+        """Capture the arguments of the ``__init__`` that calls this into ``self.hparams``."""
+        self._log_hyperparams = logger
+        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
+        frame = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
+        init_args = _collect_init_args(frame, type(self))
+        if args and all(isinstance(a, str) for a in args):
+            chosen = {k: init_args[k] for k in args if k in init_args}
+        elif len(args) == 1 and isinstance(args[0], (dict, Namespace)):
+            chosen = dict(vars(args[0]) if isinstance(args[0], Namespace) else args[0])
+        elif args:
+            raise ValueError(
+                "save_hyperparameters(*args) takes names of __init__ arguments, or one dict/Namespace; "
+                f"got {args!r}."
+            )
+        else:
+            chosen = dict(init_args)
+        for key in ignored:
+            chosen.pop(key, None)
+        self._hparams.update(chosen)
+        import copy
+
+        self._hparams_initial = AttributeDict(copy.deepcopy(dict(self._hparams)))
+
+    @property
+    def hparams(self) -> AttributeDict:
+        return self._hparams
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        return AttributeDict(self._hparams_initial)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
+        **kwargs: Any,
+    ) -> "LightningModule":
+        """Build the module from a checkpoint's hyper-parameters (overridden by ``kwargs``) and load its weights."""
+        from .checkpoint import load_module_from_checkpoint
+
+        return load_module_from_checkpoint(cls, checkpoint_path, map_location=map_location, strict=strict, **kwargs)
+
+    # ---- optimizers ----------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__} must define configure_optimizers() to be trained; it should return an "
+            "optimizer, a list of optimizers, ([optimizers], [schedulers]), or {'optimizer': ..., 'lr_scheduler': ...}."
+        )
+
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        opts = self.trainer.optimizers
+        return opts[0] if len(opts) == 1 else opts
+
+    def lr_schedulers(self) -> Any:
+        configs = self.trainer.lr_scheduler_configs
+        if not configs:
+            return None
+        scheds = [c.scheduler for c in configs]
+        return scheds[0] if len(scheds) == 1 else scheds
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward for manual optimization: applies loss scaling and the backward hooks."""
+        if self._automatic_optimization:
+            raise RuntimeError(
+                "manual_backward() is for manual optimization; set `self.automatic_optimization = False` in "
+                f"{type(self).__name__}.__init__ or return the loss from training_step instead."
+            )
+        self.trainer._manual_backward(loss, *args, **kwargs)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        loss.backward(*args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Freeze every parameter that ``optimizer`` does not own, remembering their flags."""
+        owned = {id(p) for g in _unwrap(optimizer).param_groups for p in g["params"]}
+        state: dict[int, bool] = {}
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) not in owned and id(p) not in state:
+                        state[id(p)] = p.requires_grad
+                        p.requires_grad = False
+        for group in _unwrap(optimizer).param_groups:
+            for p in group["params"]:
+                if id(p) in state:  # a parameter shared with the active optimizer stays trainable
+                    p.requires_grad = state.pop(id(p))
+        self._toggled = state
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        state = getattr(self, "_toggled", {})
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in state:
+                        p.requires_grad = state[id(p)]
+        self._toggled = {}
+
+    def toggled_optimizer(self, optimizer: Any) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def _ctx() -> Any:
+            self.toggle_optimizer(optimizer)
+            try:
+                yield
+            finally:
+                self.untoggle_optimizer(optimizer)
+
+        return _ctx()
+
+    def clip_gradients(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        if gradient_clip_val is None or gradient_clip_val == 0:
+            return
+        algorithm = gradient_clip_algorithm or "norm"
+        params = [p for g in _unwrap(optimizer).param_groups for p in g["params"] if p.grad is not None]
+        if algorithm == "norm":
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        elif algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            raise ValueError(f"gradient_clip_algorithm={algorithm!r} is not known; allowed: 'norm', 'value'.")
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        optimizer.zero_grad()
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    # ---- data movement hooks ---------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        from .runtime.accelerator import move_to_device
+
+        return move_to_device(batch, device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    # ---- steps ---------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return super().forward(*args, **kwargs)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step(batch, batch_idx) to be trained.")
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> Any:
+        if isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        return self(batch)
+
+    # ---- hooks (no-ops; the dispatcher skips them unless overridden) -----------
+    def configure_callbacks(self) -> Any:
+        return []
+
+    def configure_model(self) -> None: ...
+    def prepare_data(self) -> None: ...
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_before_backward(self, loss: torch.Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: Any) -> None: ...
+    def on_before_zero_grad(self, optimizer: Any) -> None: ...
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+    # The model is switched to eval/train around evaluation through these, so
+    # a model that keeps e.g. dropout on during validation can override them.
+    def on_validation_model_eval(self) -> None:
+        self.trainer._model_for_eval().eval()
+
+    def on_validation_model_train(self) -> None:
+        self.trainer._model_for_eval().train()
+
+    def on_test_model_eval(self) -> None:
+        self.trainer._model_for_eval().eval()
+
+    def on_test_model_train(self) -> None:
+        self.trainer._model_for_eval().train()
+
+    def on_predict_model_eval(self) -> None:
+        self.trainer._model_for_eval().eval()
+
+    # ---- convenience -----------------------------------------------------------
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad = True
+        self.train()
+
+
+def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _collect_init_args(frame: Any, cls: type) -> dict[str, Any]:
+    """The named arguments of every ``__init__`` on the stack from ``frame`` up, outermost last wins.
+
+    Walking up covers ``save_hyperparameters()`` called in a parent class's
+    ``__init__`` reached through ``super().__init__(...)``.
+    """
+    collected: dict[str, Any] = {}
+    chain = []
+    while frame is not None and frame.f_code.co_name == "__init__":
+        local = frame.f_locals
+        if not isinstance(local.get("self"), cls):
+            break
+        chain.append(frame)
+        frame = frame.f_back
+    for fr in reversed(chain):
+        code = fr.f_code
+        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        local = fr.f_locals
+        for name in names:
+            if name == "self" or name.startswith("__"):
+                continue
+            if name in local:
+                collected[name] = local[name]
+        if code.co_flags & inspect.CO_VARKEYWORDS:
+            kw_name = code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)]
+            collected.update(local.get(kw_name, {}))
+            collected.pop(kw_name, None)
+    return collected

@@ -1,0 +1,104 @@
+"""Turn whatever ``configure_optimizers`` returns into optimizers and scheduler configs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_FORMS = ("an optimizer, a list/tuple of optimizers, ([optimizers], [schedulers]), "
+          "{'optimizer': ..., 'lr_scheduler': ...} or a list of such dicts")
+_SCHEDULER_KEYS = {"scheduler", "name", "interval", "frequency", "monitor", "strict", "reduce_on_plateau"}
+
+
+@dataclass
+class LRSchedulerConfig:
+    scheduler: Any
+    name: str | None = None
+    interval: str = "epoch"
+    frequency: int = 1
+    reduce_on_plateau: bool = False
+    monitor: str | None = None
+    strict: bool = True
+
+
+def _is_optimizer(obj: Any) -> bool:
+    return isinstance(obj, torch.optim.Optimizer) or (hasattr(obj, "step") and hasattr(obj, "param_groups"))
+
+
+def _scheduler_config(obj: Any, where: str) -> LRSchedulerConfig:
+    if isinstance(obj, dict):
+        if "scheduler" not in obj:
+            raise ValueError(f"configure_optimizers(): the lr_scheduler dict in {where} has no 'scheduler' key; "
+                             f"got keys {sorted(obj)}.")
+        unknown = set(obj) - _SCHEDULER_KEYS
+        if unknown:
+            raise ValueError(f"configure_optimizers(): unknown lr_scheduler keys {sorted(unknown)}; "
+                             f"allowed: {sorted(_SCHEDULER_KEYS)}.")
+        interval = obj.get("interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"configure_optimizers(): lr_scheduler 'interval' is {interval!r}; allowed: 'epoch', 'step'.")
+        frequency = obj.get("frequency", 1)
+        if not isinstance(frequency, int) or frequency < 1:
+            raise ValueError(f"configure_optimizers(): lr_scheduler 'frequency' is {frequency!r}; it must be an int >= 1.")
+        sched = obj["scheduler"]
+        plateau = obj.get("reduce_on_plateau", isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau))
+        monitor = obj.get("monitor")
+        if plateau and monitor is None:
+            raise ValueError("configure_optimizers(): a ReduceLROnPlateau scheduler needs a metric to watch; add "
+                             "'monitor': '<logged metric name>' to its lr_scheduler dict.")
+        return LRSchedulerConfig(sched, obj.get("name"), interval, frequency, plateau, monitor, obj.get("strict", True))
+    if isinstance(obj, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ValueError("configure_optimizers(): a ReduceLROnPlateau scheduler needs a metric to watch; return it as "
+                         "{'scheduler': scheduler, 'monitor': '<logged metric name>'}.")
+    if not hasattr(obj, "step"):
+        raise ValueError(f"configure_optimizers(): {where} holds {type(obj).__name__}, which is not an lr scheduler.")
+    return LRSchedulerConfig(obj)
+
+
+def parse(returned: Any) -> tuple[list[Any], list[LRSchedulerConfig]]:
+    """Accepts every form Lightning accepts; raises a ValueError naming what was returned otherwise."""
+    if returned is None:
+        raise ValueError(f"configure_optimizers() returned None; it must return {_FORMS}.")
+    if _is_optimizer(returned):
+        return [returned], []
+    if isinstance(returned, dict):
+        return _from_dicts([returned])
+    if isinstance(returned, (list, tuple)):
+        items = list(returned)
+        if not items:
+            raise ValueError(f"configure_optimizers() returned an empty {type(returned).__name__}; it must return {_FORMS}.")
+        if len(items) == 2 and isinstance(items[0], (list, tuple)):
+            optimizers = list(items[0])
+            scheds = items[1] if isinstance(items[1], (list, tuple)) else [items[1]]
+            if not all(_is_optimizer(o) for o in optimizers):
+                raise ValueError(f"configure_optimizers(): the first list holds {[type(o).__name__ for o in optimizers]}, "
+                                 "not optimizers.")
+            return optimizers, [_scheduler_config(s, "the scheduler list") for s in scheds]
+        if all(isinstance(i, dict) for i in items):
+            return _from_dicts(items)
+        if all(_is_optimizer(i) for i in items):
+            return items, []
+    raise ValueError(f"configure_optimizers() returned {type(returned).__name__} ({returned!r:.80}); it must return {_FORMS}.")
+
+
+def _from_dicts(dicts: list[dict]) -> tuple[list[Any], list[LRSchedulerConfig]]:
+    optimizers, configs = [], []
+    for d in dicts:
+        if "optimizer" not in d:
+            raise ValueError(f"configure_optimizers() returned a dict without 'optimizer'; its keys are {sorted(d)}.")
+        unknown = set(d) - {"optimizer", "lr_scheduler", "monitor", "frequency"}
+        if unknown:
+            raise ValueError(f"configure_optimizers() returned a dict with unknown keys {sorted(unknown)}; allowed: "
+                             "'optimizer', 'lr_scheduler', 'monitor'.")
+        if not _is_optimizer(d["optimizer"]):
+            raise ValueError(f"configure_optimizers(): 'optimizer' holds {type(d['optimizer']).__name__}, not an optimizer.")
+        optimizers.append(d["optimizer"])
+        if d.get("lr_scheduler") is not None:
+            sched = d["lr_scheduler"]
+            if not isinstance(sched, dict):
+                sched = {"scheduler": sched}
+            if "monitor" in d and "monitor" not in sched:
+                sched = {**sched, "monitor": d["monitor"]}
+            configs.append(_scheduler_config(sched, "'lr_scheduler'"))
+    return optimizers, configs

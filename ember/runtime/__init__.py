@@ -1,0 +1,1 @@
+"""Device, precision and distribution, each behind one small object."""
