@@ -1,0 +1,194 @@
+"""Lightning's names and behaviours that a program relies on after `import ember as L`."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import ember as L
+
+
+class Linear(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.seen.append((self.current_epoch, self.global_step, batch_idx, self.device.type))
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader(n=20, batch_size=2):
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=batch_size)
+
+
+QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+def test_lightning_import_paths_map_one_to_one():
+    import ember.pytorch
+    from ember.pytorch.callbacks import Callback as AliasCallback
+    from ember.pytorch.tuner import Tuner as AliasTuner
+    from ember.utilities import rank_zero_only
+
+    assert ember.pytorch is L and L.pytorch is L
+    assert AliasCallback is L.Callback and AliasTuner is L.tuner.Tuner and L.pytorch.tuner.Tuner is L.tuner.Tuner
+    assert L.seed_everything(7, verbose=False) == 7
+    assert rank_zero_only(lambda: 5)() == 5
+
+
+def test_import_ember_pulls_in_neither_tqdm_nor_matplotlib_nor_lightning():
+    code = ("import sys, ember; heavy = [m for m in ('tqdm', 'matplotlib', 'lightning', 'tensorboard', 'seaborn') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_module_properties_follow_the_trainer():
+    model = Linear()
+    with pytest.raises(RuntimeError, match="not attached to a Trainer"):
+        model.trainer
+    trainer = L.Trainer(max_epochs=2, **QUIET)
+    trainer.fit(model, _loader())
+    assert model.trainer is trainer
+    assert model.seen[0] == (0, 0, 0, "cpu") and model.seen[-1] == (1, 19, 9, "cpu")
+    assert (model.current_epoch, model.global_step) == (2, 20)
+
+
+def test_logged_training_metric_reaches_callback_and_progress_bar_metrics():
+    model = Linear()
+    trainer = L.Trainer(max_epochs=1, **QUIET)
+    trainer.fit(model, _loader())
+    x, y = _loader().dataset.tensors
+    assert set(trainer.callback_metrics) == {"train_loss"}
+    assert set(trainer.progress_bar_metrics) == {"train_loss"}
+    assert isinstance(trainer.progress_bar_metrics["train_loss"], float)
+
+
+def test_log_every_n_steps_controls_what_reaches_the_logger(tmp_path):
+    from ember.loggers import CSVLogger
+
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path), log_every_n_steps=3, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Linear(), _loader())
+    import csv
+
+    with open(trainer.logger.log_dir + "/metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows if r["train_loss"]] == [2, 5, 8]
+
+
+@pytest.mark.parametrize("kwargs, steps, epochs", [
+    (dict(max_epochs=3), 30, 3),
+    (dict(max_steps=7), 7, 1),  # Lightning also counts the cut-short epoch
+    (dict(max_epochs=2, limit_train_batches=4), 8, 2),
+    (dict(max_epochs=2, limit_train_batches=0.5), 10, 2),
+    (dict(fast_dev_run=True), 1, 1),
+    (dict(fast_dev_run=3), 3, 1),
+    (dict(max_epochs=2, overfit_batches=2), 4, 2),
+])
+def test_stopping_limits(kwargs, steps, epochs):
+    trainer = L.Trainer(**{**QUIET, **kwargs})
+    trainer.fit(Linear(), _loader())
+    assert (trainer.global_step, trainer.current_epoch) == (steps, epochs)
+    try:
+        import lightning
+    except ImportError:
+        return
+    theirs = lightning.Trainer(**{**QUIET, **kwargs})
+    theirs.fit(_as_lightning(), _loader())
+    assert (theirs.global_step, theirs.current_epoch) == (steps, epochs)
+
+
+def _as_lightning():
+    import lightning
+
+    class LinearL(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return LinearL()
+
+
+def test_min_epochs_wins_over_an_early_should_stop():
+    class StopAtOnce(Linear):
+        def on_train_epoch_end(self):
+            self.trainer.should_stop = True
+
+    trainer = L.Trainer(max_epochs=10, min_epochs=3, **QUIET)
+    trainer.fit(StopAtOnce(), _loader())
+    assert trainer.current_epoch == 3
+
+
+def test_deterministic_turns_on_torch_deterministic_algorithms():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        L.Trainer(deterministic=True, **QUIET)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_model_summary_counts_trainable_and_frozen(capsys):
+    class Net(Linear):
+        def __init__(self):
+            super().__init__()
+            self.frozen = torch.nn.Linear(10, 10)
+            self.frozen.requires_grad_(False)
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(Net(), _loader())
+    out = capsys.readouterr().out
+    assert "3          Trainable params" in out
+    assert "110        Non-trainable params" in out
+    assert "113        Total params" in out
+    assert "layer" in out and "frozen" in out
+
+
+def test_progress_bar_redraws_at_most_about_ten_times_a_second(monkeypatch):
+    from ember.callbacks.progress import TQDMProgressBar
+
+    draws = []
+    original = TQDMProgressBar._draw
+
+    def counting(self, trainer, pl_module, now):
+        draws.append(now)
+        return original(self, trainer, pl_module, now)
+
+    monkeypatch.setattr(TQDMProgressBar, "_draw", counting)
+
+    class Slow(Linear):
+        def training_step(self, batch, batch_idx):
+            import time
+
+            time.sleep(0.002)
+            return super().training_step(batch, batch_idx)
+
+    x = torch.randn(400, 2)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    import time
+
+    start = time.monotonic()
+    trainer.fit(Slow(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=1))
+    elapsed = time.monotonic() - start
+    assert 400 * 0.002 <= elapsed
+    assert 2 <= len(draws) <= elapsed * 10 + 2  # ~10 per second, plus the first and the last batch
+    gaps = [b - a for a, b in zip(draws, draws[1:-1])]
+    assert all(g >= 0.099 for g in gaps)
