@@ -205,6 +205,11 @@ class MetricStore:
         self._stepped_keys.clear()
         return out
 
+    def flush_steps(self) -> None:
+        """Publish step values logged since the last flush (callers read the views on demand, not per step)."""
+        if self._stepped_keys:
+            self.publish_step(self.take_step_values())
+
     def publish_step(self, values: dict[str, tuple[_Entry, Any]]) -> dict[str, Any]:
         """Make step values visible to callbacks and the bar; return those bound for loggers."""
         to_logger = {}
@@ -248,6 +253,7 @@ class MetricStore:
         Each stage keeps its own entries, so a validation run in the middle of
         a training epoch leaves the training epoch's accumulators alone.
         """
+        self.flush_steps()  # step values not yet read must not be lost when the stage changes
         self.stage = stage
         self.step_defaults = step_defaults
         if fresh or stage not in self._by_stage:
@@ -264,6 +270,41 @@ class MetricStore:
                 _, key = _forked(entry)
                 out[key] = float(entry.epoch_value)
         return out
+
+    # ---- exact resume (ember.checkpoint saves these in every full checkpoint) ----
+    _ENTRY_FIELDS = ("name", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist", "step_value",
+                     "total", "weight", "epoch_value", "stepped")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training epoch's accumulators and the metric views, so a mid-epoch resume logs the same numbers.
+
+        torchmetrics ``Metric`` objects are left out: they keep their own state.
+        """
+        entries = {}
+        for key, e in self._by_stage.get("train", {}).items():
+            if e.is_metric_object:
+                continue
+            saved = {f: getattr(e, f) for f in self._ENTRY_FIELDS}
+            saved["pending_values"] = [v.detach() for v, _ in e.pending]
+            saved["pending_weights"] = [w for _, w in e.pending]
+            entries[key] = saved
+        stepped = [e.name for e in self._stepped_keys if not e.is_metric_object] if self.stage == "train" else []
+        return {"train": entries, "stepped": stepped, "callback_metrics": dict(self.callback_metrics),
+                "logged_metrics": dict(self.logged_metrics), "progress_bar_metrics": dict(self.progress_bar_metrics)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        train: dict[str, _Entry] = {}
+        for key, saved in state["train"].items():
+            entry = _Entry(**{f: saved[f] for f in self._ENTRY_FIELDS})
+            entry.pending = list(zip(saved["pending_values"], saved["pending_weights"]))
+            train[key] = entry
+        self._by_stage["train"] = train
+        if self.stage == "train":
+            self.entries = train
+            self._stepped_keys = [train[k] for k in state["stepped"] if k in train]
+        for view in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
+            getattr(self, view).clear()
+            getattr(self, view).update(state[view])
 
 
 def as_floats(metrics: dict[str, Any]) -> dict[str, float]:

@@ -36,6 +36,7 @@ class ProgressBar(Callback):
         loss = trainer._last_loss
         if loss is not None:
             items["loss"] = f"{float(loss) * trainer.accumulate_grad_batches:.3g}"
+        trainer._metrics.flush_steps()
         for key, value in trainer._metrics.progress_bar_metrics.items():
             try:
                 items[key] = f"{float(value):.3g}"
