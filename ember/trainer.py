@@ -11,6 +11,7 @@ Which class owns what:
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -137,9 +138,6 @@ class Trainer:
             if value != default:
                 raise NotImplementedError(f"Trainer({flag}={value!r}) is not implemented in ember; leave it at {default!r}.")
         _check_int("num_nodes", num_nodes, 1, allow_none=False)
-        if num_nodes != 1:
-            raise NotImplementedError(f"Trainer(num_nodes={num_nodes}): multi-node training is not yet supported in "
-                                      "this version of ember. Use num_nodes=1.")
 
         # ---- check every argument before any work ----
         _check_int("max_epochs", max_epochs, -1, extra=" (-1 means no limit)")
@@ -164,6 +162,8 @@ class Trainer:
         if gradient_clip_val is not None and (isinstance(gradient_clip_val, bool) or not isinstance(
                 gradient_clip_val, (int, float)) or gradient_clip_val < 0):
             raise ValueError(f"Trainer(gradient_clip_val={gradient_clip_val!r}) is not valid; allowed: a number >= 0 or None.")
+        if isinstance(gradient_clip_algorithm, str):
+            gradient_clip_algorithm = gradient_clip_algorithm.lower()  # Lightning accepts any case
         if gradient_clip_algorithm not in (None, "norm", "value"):
             raise ValueError(f"Trainer(gradient_clip_algorithm={gradient_clip_algorithm!r}) is not valid; allowed: 'norm', 'value'.")
         if deterministic not in (None, True, False, "warn"):
@@ -176,7 +176,7 @@ class Trainer:
         # ---- device, precision, strategy (each one small object) ----
         self.accelerator = _accelerator.choose(accelerator, devices)
         self.precision = Precision(canonical("32-true" if precision is None else precision), self.accelerator.name)
-        self.strategy = _strategy.choose(strategy, self.accelerator)
+        self.strategy = _strategy.choose(strategy, self.accelerator, num_nodes)  # num_nodes > 1: DDP (issue 5)
         self.strategy.connect(self.accelerator, self.precision)
 
         # ---- limits and schedule ----
@@ -207,7 +207,8 @@ class Trainer:
         self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = gradient_clip_algorithm or "norm"
+        # None when not given, as in Lightning: hooks receive None and clip_gradients falls back to "norm".
+        self.gradient_clip_algorithm = gradient_clip_algorithm
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         self.inference_mode = inference_mode
         self.use_distributed_sampler = use_distributed_sampler
@@ -250,11 +251,26 @@ class Trainer:
         self.predict_dataloaders: Any = None
         self.num_training_batches: float = 0
         self.num_val_batches: list[int] = []
+        # fit's data sources; loaders are built where Lightning asks for them (loop.run_fit)
+        self._train_source: Any = None
+        self._val_source: Any = None
+        self._train_data_ready = False
+        self._val_loaders: list[Any] | None = []  # None: validation will run, loaders not requested yet
+        self._val_limit: list[int | None] = []
+        self._last_val_reload_epoch: float = -math.inf
         self.sanity_checked = False
         self._metrics = MetricStore(reduce_fn=self._reduce_for_logging)
         self._interrupted = False
         self._last_loss: Any = None
         self._resume_batch_idx = 0
+        # Exact resume and preemption (ember.checkpoint): where the fit loop is inside an epoch (None between
+        # epochs, "batches" once the epoch's iterator is open), what a mid-epoch resume must redo, the RNG the
+        # epoch's iterator was opened with, and the signal that asked the run to stop.
+        self._epoch_state: str | None = None
+        self._mid_epoch_resume: dict[str, Any] | None = None
+        self._epoch_start_rng: dict[str, Any] | None = None
+        self._preempt_signal: int | None = None
+        self._ckpt_weights_only: bool | None = None
         self._batches_seen_in_epoch = 0
         self._batches_that_stepped = 0  # optimizer steps; the x-axis of step-level logs
         self._total_batches_run = 0
@@ -295,7 +311,7 @@ class Trainer:
 
     @property
     def num_nodes(self) -> int:
-        return 1
+        return self.strategy.num_nodes
 
     @property
     def model(self) -> Any:
@@ -317,6 +333,7 @@ class Trainer:
 
     @property
     def callback_metrics(self) -> dict[str, Any]:
+        self._metrics.flush_steps()
         return self._metrics.callback_metrics
 
     @property
@@ -325,6 +342,7 @@ class Trainer:
 
     @property
     def progress_bar_metrics(self) -> dict[str, Any]:
+        self._metrics.flush_steps()
         return as_floats(self._metrics.progress_bar_metrics)
 
     @property
@@ -443,10 +461,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ entry points
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
-            datamodule: Any = None, ckpt_path: str | None = None) -> None:
-        """Train ``model``; ``ckpt_path`` ("last", "best" or a file) resumes where that run stopped."""
+            datamodule: Any = None, ckpt_path: str | None = None, weights_only: bool | None = None) -> None:
+        """Train ``model``; ``ckpt_path`` ("last", "best" or a file) resumes where that run stopped.
+
+        ``weights_only=False`` allows a checkpoint that holds more than tensors and plain values (see
+        ``ember.checkpoint.load_file``); only use it for files you trust.
+        """
         from .datamodule import LightningDataModule
 
+        self._ckpt_weights_only = weights_only
         if isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
         module = self._attach(model, "fit")
@@ -499,18 +522,26 @@ class Trainer:
 
     def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False, storage_options: Any = None) -> None:
         """Write the whole training state (or just the weights) to ``filepath`` atomically, on rank 0."""
-        from .checkpoint import dump_checkpoint, save_atomic
+        from .checkpoint import dump_checkpoint
 
         if self.lightning_module is None:
             raise ValueError("Trainer.save_checkpoint() needs a model attached; call fit(), validate() or test() first.")
         state = dump_checkpoint(self, weights_only=weights_only)
-        if self.is_global_zero:
-            save_atomic(state, os.fspath(filepath))
+        self.strategy.save_checkpoint(state, os.fspath(filepath))  # rank 0 writes (sharded strategies: every rank)
         self.strategy.barrier("save_checkpoint")
 
     # ------------------------------------------------------------------ one run
     def _run(self, module: LightningModule, stage: str, datamodule: Any, *, train: Any = None, val: Any = None,
              eval_loaders: Any = None, ckpt_path: Any = None, return_predictions: bool = True) -> Any:
+        # Distributed strategies start their processes (once) and join the process group here; see
+        # ember/runtime/launcher.py. A single device has no launcher and nothing to join.
+        launcher = self.strategy.launcher
+        if launcher is not None and launcher.should_launch():
+            return launcher.launch(self._run, module, stage, datamodule, train=train, val=val,
+                                   eval_loaders=eval_loaders, ckpt_path=ckpt_path, return_predictions=return_predictions)
+        self.strategy.setup_environment()
+        if not self.is_global_zero and self.progress_bar_callback is not None:
+            self.progress_bar_callback.disable()  # one progress bar per job, on rank 0
         self.datamodule = datamodule
         if datamodule is not None:
             datamodule.trainer = self
@@ -534,6 +565,7 @@ class Trainer:
             datamodule.prepare_data()
         if self.local_rank == 0:
             module.prepare_data()
+        self.strategy.barrier("prepare_data")  # other ranks wait for the download before setup() reads it
         if datamodule is not None:
             datamodule.setup(hook_stage)
         self.hooks.call("setup", hook_stage)
@@ -549,6 +581,13 @@ class Trainer:
                 else:
                     result = self._run_eval(module, stage, eval_loaders, ckpt_path)
         except BaseException as exc:
+            from .callbacks.lr_finder import _TunerExit
+
+            if isinstance(exc, _TunerExit):
+                # The range test ran inside fit() and ended it on purpose: tear down as after a normal run.
+                self.hooks.call("teardown", hook_stage)
+                self.strategy.teardown()
+                raise
             self._interrupted = True
             self.hooks.call("on_exception", exc)
             for lg in self.loggers:
@@ -574,21 +613,37 @@ class Trainer:
                 "Set `self.automatic_optimization = False` and step them yourself in training_step."
             )
         self._custom_optimizer_step = is_overridden(module, "optimizer_step", LightningModule)
-        self._custom_clipping = is_overridden(module, "configure_gradient_clipping", LightningModule)
+        self._custom_clipping = (is_overridden(module, "configure_gradient_clipping", LightningModule)
+                                 or is_overridden(module, "clip_gradients", LightningModule))
         self._optimizer_needs_closure = any(isinstance(o, torch.optim.LBFGS) for o in self.optimizers)
-        self._setup_train_data(module, train)
-        self._setup_val_data(module, val)
+        # The *_dataloader hooks run where Lightning calls them (val in the sanity check, train right before
+        # on_train_start, see loop.run_fit); here we only check that a source exists.
+        self._train_source, self._val_source = train, val
+        self._train_data_ready = False
+        if train is None and not self._has_loader_hook(module, "train_dataloader"):
+            raise ValueError(
+                "Trainer.fit() found no training data: pass train_dataloaders=DataLoader(...), a datamodule, or define "
+                f"{type(module).__name__}.train_dataloader()."
+            )
+        self._val_loaders = None if self._validation_possible(module, val) else []
         self._ckpt_path = self._resolve_ckpt_path(ckpt_path)
         if self._ckpt_path is not None:
             from .checkpoint import restore_training_state
 
-            restore_training_state(self, self._ckpt_path)
-        self._log_hparams(module)
+            # Resuming puts the train loader's position back, so the loaders are built before the restore.
+            self._setup_train_data(module, train)
+            if self._val_loaders is None:
+                self._setup_val_data(module, val)
+            restore_training_state(self, self._ckpt_path, weights_only=self._ckpt_weights_only)
         self._fit_start_time = time.monotonic()
         self.hooks.call("on_fit_start")
+        self._log_hparams(module)  # after on_fit_start, as Lightning does
         self.training = True
-        module.train()
-        loop.run_fit(self, module)
+        # No module.train() here: Lightning trains the modes it finds (loop.run_fit warns about eval ones).
+        from .checkpoint import preemption_guard
+
+        with preemption_guard(self):  # SIGTERM: finish the step, save a resumable checkpoint, exit
+            loop.run_fit(self, module)
         self.training = False
         self.hooks.call("on_fit_end")
         for lg in self.loggers:
@@ -598,27 +653,42 @@ class Trainer:
         step_name = "validation_step" if stage == "validate" else "test_step"
         if not is_overridden(module, step_name, LightningModule):
             raise NotImplementedError(f"Trainer.{stage}() needs {type(module).__name__}.{step_name}(batch, batch_idx).")
-        loaders = self._eval_loaders(module, stage, loaders)
-        limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
-        limits = [_resolve_limit(limit, _loader_length(dl), f"limit_{'val' if stage == 'validate' else 'test'}_batches")
-                  for dl in loaders]
         if ckpt_path is not None:
             from .checkpoint import load_weights_into
 
             load_weights_into(module, self._resolve_ckpt_path(ckpt_path))
-        results = loop.run_evaluation(self, module, stage, loaders, limits)
+        given = loaders
+        limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
+
+        def request() -> tuple[list[Any], list[int | None]]:
+            # Called by the loop under no_grad/inference_mode, where Lightning asks for the loaders.
+            if limit == 0:
+                return [], []  # Lightning does not even ask for the loaders
+            found = self._eval_loaders(module, stage, given)
+            name = f"limit_{'val' if stage == 'validate' else 'test'}_batches"
+            return found, [_resolve_limit(limit, _loader_length(dl), name) for dl in found]
+
+        results = loop.run_evaluation(self, module, stage, request, None)
         for lg in self.loggers:
             lg.save()
         return results
 
     def _run_predict(self, module: LightningModule, loaders: Any, ckpt_path: Any, return_predictions: bool) -> Any:
-        loaders = self._eval_loaders(module, "predict", loaders)
-        limits = [_resolve_limit(self.limit_predict_batches, _loader_length(dl), "limit_predict_batches") for dl in loaders]
         if ckpt_path is not None:
             from .checkpoint import load_weights_into
 
             load_weights_into(module, self._resolve_ckpt_path(ckpt_path))
-        return loop.run_predict(self, module, loaders, limits, return_predictions)
+        given = loaders
+
+        def request() -> tuple[list[Any], list[int | None]]:
+            # Called by the loop under no_grad/inference_mode, where Lightning asks for the loaders.
+            if self.limit_predict_batches == 0:
+                return [], []
+            found = self._eval_loaders(module, "predict", given)
+            return found, [_resolve_limit(self.limit_predict_batches, _loader_length(dl), "limit_predict_batches")
+                           for dl in found]
+
+        return loop.run_predict(self, module, request, None, return_predictions)
 
     # ------------------------------------------------------------------ data
     def _loader_from(self, module: LightningModule, name: str) -> Any:
@@ -640,6 +710,8 @@ class Trainer:
             )
         if self.overfit_batches:
             loader = _without_shuffle(loader)
+        # Distributed: a DistributedSampler gives this rank its share (shuffle kept); one device: unchanged.
+        loader = self.strategy.distribute_loader(loader, "train", self.use_distributed_sampler, bool(self.overfit_batches))
         length = _loader_length(loader)
         if length == 0:
             raise ValueError(
@@ -648,6 +720,7 @@ class Trainer:
             )
         _warn_few_workers(loader, "train")
         self.train_dataloader = loader
+        self._train_data_ready = True
         self._train_limit = _resolve_limit(self.limit_train_batches, length, "limit_train_batches")
         self.num_training_batches = self._train_limit if self._train_limit is not None else math.inf
         vci = self.val_check_interval
@@ -667,36 +740,58 @@ class Trainer:
                 )
             self._val_check_batch = vci
 
-    def _setup_val_data(self, module: LightningModule, val: Any) -> None:
-        if self.overfit_batches and val is None and self.train_dataloader is not None:
-            val = self.train_dataloader
-        loaders = val if val is not None else self._loader_from(module, "val_dataloader")
+    def _has_loader_hook(self, module: LightningModule, name: str) -> bool:
+        """Whether the datamodule or the module defines ``name`` (without calling it)."""
+        from .datamodule import LightningDataModule
+
+        if self.datamodule is not None and is_overridden(self.datamodule, name, LightningDataModule):
+            return True
+        return name in vars(type(module)) or any(name in vars(c) for c in type(module).__mro__
+                                                 if c not in (LightningModule, torch.nn.Module, object))
+
+    def _validation_possible(self, module: LightningModule, val: Any) -> bool:
+        """Lightning's rule: validation runs with a val source, a validation_step and limit_val_batches > 0."""
+        import warnings
+
+        has_source = val is not None or self._has_loader_hook(module, "val_dataloader")
         has_step = is_overridden(module, "validation_step", LightningModule)
+        if has_step and not has_source and self.limit_val_batches != 0:
+            warnings.warn(f"{type(module).__name__} defines validation_step but no val dataloader was given; "
+                          "validation is skipped. Pass val_dataloaders=... to fit().", UserWarning, stacklevel=4)
+        elif has_source and not has_step:
+            warnings.warn("A val dataloader was given but the model has no validation_step; validation is skipped.",
+                          UserWarning, stacklevel=4)
+        return has_source and has_step and self.limit_val_batches != 0
+
+    def _setup_val_data(self, module: LightningModule, val: Any) -> None:
+        loaders = val if val is not None else self._loader_from(module, "val_dataloader")
+        # Lightning notes the epoch of a (re)load, except for a sanity check before a non-validation epoch.
+        if not self.sanity_checking or self._validation_epoch():
+            self._last_val_reload_epoch = self.current_epoch
         if loaders is None:
-            self._val_loaders = []
-            if has_step and self.limit_val_batches != 0:
-                import warnings
-
-                warnings.warn(f"{type(module).__name__} defines validation_step but no val dataloader was given; "
-                              "validation is skipped. Pass val_dataloaders=... to fit().", UserWarning, stacklevel=3)
-            self._val_limit = []
-            return
-        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-        if not has_step:
-            import warnings
-
-            warnings.warn("val dataloaders were given but the model has no validation_step; validation is skipped.",
-                          UserWarning, stacklevel=3)
             self._val_loaders, self._val_limit = [], []
             return
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        if self.overfit_batches:
+            loaders = [_without_shuffle(dl) for dl in loaders]  # its own data, in a fixed order (Lightning)
+        loaders = [self.strategy.distribute_loader(dl, "validate", self.use_distributed_sampler) for dl in loaders]
         self._val_loaders = loaders
         self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
         self._val_limit = [_resolve_limit(self.limit_val_batches, _loader_length(dl), "limit_val_batches") for dl in loaders]
         self.num_val_batches = [lim if lim is not None else math.inf for lim in self._val_limit]
-        if self.num_sanity_val_steps == -1:
-            self.num_sanity_val_steps_resolved = None
         if all(lim == 0 for lim in self._val_limit):
             self._val_loaders = []
+
+    def _val_loaders_for_run(self) -> tuple[list[Any], list[int | None]]:
+        """The val loaders and per-loader limits for one validation inside fit, (re)loaded when due."""
+        n = self.reload_dataloaders_every_n_epochs
+        if self._val_loaders is None or (n and self.current_epoch - getattr(self, "_last_val_reload_epoch", -math.inf) >= n):
+            self._setup_val_data(self.lightning_module, self._val_source)
+        limits = list(self._val_limit)
+        if self.sanity_checking and self.num_sanity_val_steps != -1:
+            cap = self.num_sanity_val_steps
+            limits = [cap if lim is None else min(cap, lim) for lim in limits]
+        return self._val_loaders, limits
 
     def _eval_loaders(self, module: LightningModule, stage: str, given: Any) -> list[Any]:
         name = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}[stage]
@@ -705,6 +800,7 @@ class Trainer:
             raise ValueError(f"Trainer.{stage}() found no data: pass dataloaders=DataLoader(...), a datamodule, or "
                              f"define {type(module).__name__}.{name}().")
         loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        loaders = [self.strategy.distribute_loader(dl, stage, self.use_distributed_sampler) for dl in loaders]
         setattr(self, {"validate": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[stage],
                 loaders[0] if len(loaders) == 1 else loaders)
         return loaders
@@ -718,7 +814,7 @@ class Trainer:
         if self._time_is_up():
             return True
         if self.should_stop:
-            if self._minimums_reached():
+            if self._minimums_reached() or self._preempt_signal is not None:  # SIGTERM beats min_epochs
                 return True
             self.should_stop = False  # min_epochs/min_steps win over an early stop
         return False
@@ -733,23 +829,40 @@ class Trainer:
     def _stop_within_epoch(self) -> bool:
         if self.max_steps != -1 and self.global_step >= self.max_steps:
             return True
-        if self.should_stop and self._minimums_reached():
+        if self.should_stop and (self._minimums_reached() or self._preempt_signal is not None):
             return True
         return self._time_is_up()
 
     def _begin_epoch(self) -> None:
         if self.reload_dataloaders_every_n_epochs and self.current_epoch % self.reload_dataloaders_every_n_epochs == 0 \
                 and self.current_epoch > 0:
-            self._setup_train_data(self.lightning_module, None)
+            self._setup_train_data(self.lightning_module, self._train_source)  # a given loader is reused as is
         sampler = getattr(self.train_dataloader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.current_epoch)
         self._batches_seen_in_epoch = 0
         self._accumulated = 0
 
+    def _open_train_iterator(self) -> Iterable[tuple[int, Any]]:
+        """``(batch_idx, batch)`` for this epoch, positioned where a resumed run left off.
+
+        ``ember.checkpoint.open_train_batches`` records the RNG the iterator is
+        opened with and, on a mid-epoch resume, replays it, skips the batches
+        already trained on and puts back the RNG of the save; the rest of the
+        saved batch then runs here (``loop.finish_saved_batch``), and when that
+        ends the epoch (a stop condition) no batch is left.
+        """
+        from .checkpoint import open_train_batches
+
+        pairs, left_of_batch = open_train_batches(self)
+        if left_of_batch is not None and loop.finish_saved_batch(self, self.lightning_module, left_of_batch):
+            return iter(())
+        return pairs
+
     def _finish_epoch(self) -> None:
         self._step_schedulers("epoch")
         self.current_epoch += 1
+        self._epoch_state = None  # between epochs: a checkpoint from here starts the next epoch afresh
 
     def _should_validate_now(self, batch_idx: int) -> bool:
         """Validation inside an epoch (fractional or int val_check_interval)."""
@@ -881,7 +994,15 @@ class Trainer:
         if ckpt_path in ("last", "best"):
             from .checkpoint import find_checkpoint
 
-            return find_checkpoint(self, ckpt_path)
+            try:
+                found, error = find_checkpoint(self, ckpt_path), None
+            except ValueError as exc:
+                found, error = None, exc
+            # Distributed: every rank resumes from the file rank 0 found (identity on one device).
+            found, error = self.strategy.broadcast((found, error))
+            if error is not None:
+                raise error
+            return found
         path = os.fspath(ckpt_path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"ckpt_path={path!r} does not exist.")

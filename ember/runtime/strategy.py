@@ -1,12 +1,17 @@
 """How the model is placed and how processes cooperate.
 
-``SingleDeviceStrategy`` is the laptop case. Distributed strategies subclass
-it and override the few methods that differ (wrapping the module, backward
-without gradient sync during accumulation, and the collectives).
+``Strategy`` is the laptop case: one process, one device, identity
+collectives. The distributed strategies (``ember.runtime.ddp``,
+``ember.runtime.fsdp``) override the few methods that differ: starting and
+joining processes, wrapping the module, skipping gradient sync inside an
+accumulation window, sharding the data, the collectives and checkpoint IO.
+The loop and the Trainer only ever call these methods; they never ask which
+strategy they have.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, ContextManager
 
 import torch
@@ -31,12 +36,18 @@ class Strategy:
     local_rank = 0
     node_rank = 0
     world_size = 1
+    num_nodes = 1
+    launcher: Any = None  # starts the other processes (ember.runtime.launcher); None for one process
 
     @property
     def is_global_zero(self) -> bool:
         return self.global_rank == 0
 
     # ---- set-up ---------------------------------------------------------
+    def setup_environment(self) -> None:
+        """Join the process group (after the launcher has run). One process has nothing to join."""
+        return None
+
     def connect(self, accelerator: Accelerator, precision: Precision) -> None:
         self.accelerator = accelerator
         self.precision = precision
@@ -56,6 +67,18 @@ class Strategy:
         return move_to_device(batch, self.root_device, non_blocking=True)
 
     # ---- step pieces ----------------------------------------------------
+    def step_method(self, module: torch.nn.Module, name: str) -> Any:
+        """The callable the loop runs for ``name`` ("training_step", "validation_step", ...).
+
+        Looked up once per epoch. Wrapping strategies route the step through their
+        wrapper (DDP's forward prepares the gradient all-reduce); here it is the bound method.
+        """
+        return getattr(module, name)
+
+    # True when backward inside an accumulation window must skip a gradient sync;
+    # the loop then goes through no_backward_sync() instead of a bare loss.backward().
+    needs_no_sync = False
+
     def no_backward_sync(self, enabled: bool) -> ContextManager[Any]:
         """Skip gradient all-reduce for backward passes inside an accumulation window."""
         return contextlib.nullcontext()
@@ -76,6 +99,39 @@ class Strategy:
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    # ---- data -------------------------------------------------------------
+    def distribute_loader(self, loader: Any, stage: str, use_distributed_sampler: bool, overfit: bool = False) -> Any:
+        """This rank's share of ``loader``; with one process, all of it."""
+        return loader
+
+    # ---- checkpoint IO (sharded strategies gather or scatter here) ----------
+    def lightning_module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
+        return module.state_dict()
+
+    def load_module_state_dict(self, module: torch.nn.Module, state: dict[str, Any]) -> Any:
+        """Load ``state`` into ``module`` (strict=False); returns the missing/unexpected keys result."""
+        return module.load_state_dict(state, strict=False)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str) -> None:
+        """Write ``checkpoint`` atomically; only global rank 0 writes."""
+        if self.is_global_zero:
+            from ..checkpoint import save_atomic
+
+            save_atomic(checkpoint, filepath)
+
+    def remove_checkpoint(self, filepath: str) -> None:
+        if self.is_global_zero and os.path.isfile(filepath):
+            os.remove(filepath)
+
     def teardown(self) -> None:
         return None
 
@@ -91,20 +147,56 @@ class SingleDeviceStrategy(Strategy):
             self.root_device = self._requested_device
 
 
-STRATEGIES = ("auto", "single_device")
+STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook",
+              "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp")
 
 
-def choose(strategy: Any, accelerator: Accelerator) -> Strategy:
-    if isinstance(strategy, Strategy):
-        return strategy
-    if not isinstance(strategy, str) or strategy not in STRATEGIES + ("ddp", "ddp_spawn", "fsdp", "ddp_find_unused_parameters_true"):
+def choose(strategy: Any, accelerator: Accelerator, num_nodes: int = 1) -> Strategy:
+    """Resolve ``Trainer(strategy=...)``: a name from ``STRATEGIES`` or a ``Strategy`` object.
+
+    "auto" is one device in one process, or DDP when the Trainer asks for more
+    than one process in all (devices x num_nodes) or a launcher (torchrun,
+    SLURM) started several.
+    """
+    from .launcher import ClusterEnvironment
+
+    if not isinstance(strategy, (Strategy, str)) or isinstance(strategy, str) and strategy not in STRATEGIES:
         raise ValueError(
-            f"Trainer(strategy={strategy!r}) is not known; allowed: 'auto', 'single_device', 'ddp', 'ddp_spawn', "
-            "'fsdp', or a Strategy object."
+            f"Trainer(strategy={strategy!r}) is not known; allowed: {', '.join(repr(s) for s in STRATEGIES)}, "
+            "or a Strategy object such as DDPStrategy(...)."
         )
-    if accelerator.num_devices > 1 or strategy not in STRATEGIES:
-        raise NotImplementedError(
-            f"Trainer(strategy={strategy!r}, devices={accelerator.num_devices}) needs more than one process; "
-            "multi-device training is not yet supported in this version of ember. Use devices=1."
-        )
-    return SingleDeviceStrategy()
+    processes = accelerator.num_devices
+    many = processes * num_nodes > 1 or ClusterEnvironment.detect().world_size > 1
+    if strategy in ("auto", "single_device") and not many:
+        return strategy if isinstance(strategy, Strategy) else SingleDeviceStrategy()
+    if strategy == "single_device" or isinstance(strategy, SingleDeviceStrategy) or type(strategy) is Strategy:
+        if many:
+            raise ValueError(f"Trainer(strategy='single_device') runs one process, but devices={processes} and "
+                             f"num_nodes={num_nodes} ask for {processes * num_nodes}. Use strategy='ddp'.")
+        return strategy if isinstance(strategy, Strategy) else SingleDeviceStrategy()
+    if isinstance(strategy, str):
+        strategy = _from_name(strategy)
+    configure = getattr(strategy, "configure", None)
+    if configure is None:
+        raise TypeError(f"Trainer(strategy={type(strategy).__name__}(...)) needs a multi-process strategy here "
+                        f"(devices={processes}, num_nodes={num_nodes}).")
+    configure(processes, num_nodes)
+    return strategy
+
+
+def _from_name(name: str) -> Strategy:
+    from .ddp import DDPStrategy
+
+    if name in ("auto", "ddp"):
+        return DDPStrategy()
+    if name in ("ddp_spawn", "ddp_fork"):
+        return DDPStrategy(start_method=name[len("ddp_"):])
+    if name == "ddp_notebook":
+        return DDPStrategy(start_method="fork")
+    if name == "ddp_find_unused_parameters_true":
+        return DDPStrategy(find_unused_parameters=True)
+    if name == "ddp_find_unused_parameters_false":
+        return DDPStrategy(find_unused_parameters=False)
+    from .fsdp import FSDPStrategy
+
+    return FSDPStrategy()
