@@ -327,3 +327,31 @@ def _fallback_yaml_dump(data: dict[str, Any]) -> str:
     if not data:
         return "{}\n"
     return "\n".join(_yaml_lines(data, 0)) + "\n"
+
+
+class _FolderLogger(Logger):
+    """A logger that writes under ``save_dir/name/version_N``; N is found on first use, then fixed."""
+
+    _save_dir: str
+    _name: str
+    _version: int | str | None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        # Resolved lazily (and then frozen) so the directory scan happens when logging starts.
+        if self._version is None:
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self.save_dir, self.name)
+

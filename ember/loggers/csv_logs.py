@@ -10,9 +10,9 @@ from typing import Any
 
 from ember.loggers.base import (
     Logger,
+    _FolderLogger,
     _add_prefix,
     _convert_params,
-    _next_version,
     _rank_zero_only,
     _save_hparams_yaml,
     _scalar,
@@ -86,7 +86,7 @@ class ExperimentWriter:
         self.metrics = []
 
 
-class CSVLogger(Logger):
+class CSVLogger(_FolderLogger):
     """Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml``.
 
     Files go to ``save_dir/name/version``. ``name`` of ``None`` or ``""`` drops the
@@ -113,25 +113,6 @@ class CSVLogger(Logger):
         self._prefix = prefix
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: ExperimentWriter | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        # Resolved lazily (and then frozen) so the directory scan happens when logging starts.
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self.save_dir, self.name)
 
     @property
     def log_dir(self) -> str:

@@ -18,9 +18,9 @@ import torch
 
 from ember.loggers.base import (
     Logger,
+    _FolderLogger,
     _add_prefix,
     _convert_params,
-    _next_version,
     _rank_zero_only,
     _save_hparams_yaml,
     _version_dirname,
@@ -41,7 +41,7 @@ def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(_FolderLogger):
     """Log to TensorBoard event files under ``save_dir/name/version[/sub_dir]``.
 
     Directory rules for ``name``/``version`` are the same as ``CSVLogger``'s.
@@ -79,24 +79,6 @@ class TensorBoardLogger(Logger):
         self._kwargs = kwargs
         self._experiment: SummaryWriter | None = None
         self.hparams: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self.save_dir, self.name)
 
     @property
     def sub_dir(self) -> str | None:
