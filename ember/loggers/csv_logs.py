@@ -9,7 +9,6 @@ from argparse import Namespace
 from typing import Any
 
 from ember.loggers.base import (
-    Logger,
     _FolderLogger,
     _add_prefix,
     _convert_params,

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from ember.loggers.base import (
-    Logger,
     _FolderLogger,
     _add_prefix,
     _convert_params,
