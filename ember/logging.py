@@ -51,28 +51,50 @@ def extract_batch_size(batch: Any) -> int:
 
 @dataclass(eq=False)
 class _Entry:
-    name: str
+    """One metric as logged from one place of one stage (Lightning keeps one "result" per hook and name)."""
+
+    name: str  # the key users see, with "/dataloader_idx_N" when several eval loaders run
     on_step: bool
     on_epoch: bool
     prog_bar: bool
     logger: bool
     reduce: str
     sync_dist: bool
-    step_value: Any = None
+    dataloader_idx: int | None = None
+    is_metric_object: bool = False
+    step_value: Any = None  # the latest step value (Lightning's forward cache)
     pending: list = field(default_factory=list)  # (tensor, weight) not yet folded
     total: Any = None  # folded running reduction
     weight: float = 0.0
-    epoch_value: Any = None
-    is_metric_object: bool = False
-    stepped: bool = False  # has a step value waiting for take_step_values()
+    epoch_value: Any = None  # computed epoch value, cached until the next update
+    has_reset: bool = False  # reset at the end of its epoch; hidden until logged again
 
     def settings(self) -> tuple:
-        return (self.on_step, self.on_epoch, self.reduce)
+        return (self.on_step, self.on_epoch, self.reduce, self.prog_bar, self.logger)
+
+    def update(self, value: Any, batch_size: int) -> None:
+        self.has_reset = False
+        self.epoch_value = None
+        if self.is_metric_object:
+            # The Metric keeps its own state; its last forward() output is the step value.
+            self.step_value = value
+            return
+        if self.on_step:
+            self.step_value = value
+        if self.on_epoch:
+            self.pending.append((value, batch_size))
+            if len(self.pending) >= _FOLD:
+                self.fold()
+
+    def step_cache(self) -> Any:
+        if self.is_metric_object:
+            return getattr(self.step_value, "_forward_cache", None)
+        return self.step_value
 
     def fold(self) -> None:
         if not self.pending:
             return
-        values = torch.stack([v.to(torch.float64) if v.dtype != torch.float64 else v for v, _ in self.pending])
+        values = torch.stack([v.to(torch.float64) for v, _ in self.pending])
         weights = torch.tensor([w for _, w in self.pending], dtype=torch.float64, device=values.device)
         if self.reduce == "mean":
             part = (values * weights).sum()
@@ -94,45 +116,196 @@ class _Entry:
         self.pending.clear()
 
     def compute_epoch(self) -> Any:
+        if self.epoch_value is not None:
+            return self.epoch_value
         if self.is_metric_object:
-            return self.step_value.compute() if self.step_value is not None else None
-        self.fold()
-        if self.total is None:
-            return None
-        value = self.total / self.weight if self.reduce == "mean" else self.total
-        return value.to(torch.float32)
+            value = self.step_value.compute() if self.step_value is not None else None
+        else:
+            self.fold()
+            if self.total is None:
+                return None
+            # float64 sums, then fp32 as Lightning reports them (Lightning sums in fp32: last bits may differ)
+            value = (self.total / self.weight if self.reduce == "mean" else self.total).to(torch.float32)
+        self.epoch_value = value
+        return value
+
+    def reset(self) -> None:
+        if self.is_metric_object and self.step_value is not None:
+            self.step_value.reset()
+        self.pending.clear()
+        self.total = None
+        self.weight = 0.0
+        self.epoch_value = None
+        self.has_reset = True
 
 
 def _forked(entry: _Entry) -> tuple[str | None, str | None]:
     """The keys a metric appears under for its step and epoch values."""
+    name, suffix = entry.name, ""
+    if "/dataloader_idx_" in name:
+        name, _, idx = name.partition("/dataloader_idx_")
+        suffix = f"/dataloader_idx_{idx}"
     if entry.on_step and entry.on_epoch:
-        return f"{entry.name}_step", f"{entry.name}_epoch"
+        return f"{name}_step{suffix}", f"{name}_epoch{suffix}"
     return (entry.name if entry.on_step else None), (entry.name if entry.on_epoch else None)
 
 
+# Where self.log may be called and its defaults there: Lightning's per-hook table, grouped by phase
+# ("batch": the steps and batch-level hooks; "epoch": *_start / *_epoch_start / *_epoch_end).
+# Value: (default on_step, default on_epoch, on_step=True allowed).
+_PHASES: dict[tuple[str, str], tuple[bool, bool, bool]] = {
+    ("train", "batch"): (True, False, True),
+    ("train", "epoch"): (False, True, False),
+    ("validate", "batch"): (False, True, True),
+    ("validate", "epoch"): (False, True, False),
+    ("test", "batch"): (False, True, True),
+    ("test", "epoch"): (False, True, False),
+}
+_ANY_LOADER = object()
+
+
 class MetricStore:
-    """Everything logged during one trainer stage, plus the views the Trainer exposes."""
+    """Everything ``self.log`` recorded, and the three views the Trainer exposes, as Lightning defines them.
+
+    Each stage (train, validate, test) has its own entries, one per (phase, name). The loop tells the
+    store where it is with ``enter(stage, phase)``: phase "batch" is inside the batch loop (step values
+    are current: Lightning's "on_step" view), phase "epoch" is around it (epoch values are current).
+    The views (``callback_metrics`` and friends) are dicts that keep the latest value of every key;
+    they are brought up to date when read and whenever the loop changes stage or phase, never per step.
+    """
 
     def __init__(self, reduce_fn: Callable[[torch.Tensor, str], torch.Tensor] | None = None) -> None:
-        self._by_stage: dict[str, dict[str, _Entry]] = {}
-        self.entries: dict[str, _Entry] = {}
-        self.step_defaults = True  # inside a training batch: on_step=True, on_epoch=False
-        self.stage = "train"
+        self._by_stage: dict[str, dict[tuple, _Entry]] = {}
+        self.entries: dict[tuple, _Entry] = {}
+        self.stage: str | None = None  # None: self.log is not allowed here (setup, on_fit_start, on_*_end ...)
+        self.phase = "epoch"
         self.current_batch: Any = None
-        self.dataloader_suffix = ""  # "/dataloader_idx_N" with several eval loaders
-        self.callback_metrics: dict[str, Any] = {}
-        self.logged_metrics: dict[str, Any] = {}
-        self.progress_bar_metrics: dict[str, Any] = {}
+        self._sized_batch: Any = None
+        self._batch_size = 1
+        self.dataloader_idx: int | None = None  # the eval loader running, when there are several
+        self._callback: dict[str, Any] = {}
+        self._logged: dict[str, Any] = {}
+        self._pbar: dict[str, Any] = {}
         self._reduce_fn = reduce_fn
-        self._stepped_keys: list[_Entry] = []
+        self._stepped_keys: list[_Entry] = []  # entries of the stage logged on step: loggers may want them
 
-    # ---- called from LightningModule.log -----------------------------------
+    # ---- kept for code that sets the defaults directly --------------------------
+    @property
+    def step_defaults(self) -> bool:
+        return self.phase == "batch"
+
+    @step_defaults.setter
+    def step_defaults(self, value: bool) -> None:
+        self.enter(self.stage, "batch" if value else "epoch")
+
+    # ---- the views ----------------------------------------------------------------
+    @property
+    def callback_metrics(self) -> dict[str, Any]:
+        self.refresh()
+        return self._callback
+
+    @property
+    def logged_metrics(self) -> dict[str, Any]:
+        self.refresh()
+        return self._logged
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, Any]:
+        self.refresh()
+        return self._pbar
+
+    def refresh(self) -> None:
+        """Bring the views up to date with the current stage and phase (Lightning does this after every batch)."""
+        if self.stage in ("train", "validate", "test"):
+            self._merge(*self.collect(self.phase == "batch", self.dataloader_idx))
+
+    flush_steps = refresh  # older name, still used by callers that read the views
+
+    def collect(self, on_step: bool, dataloader_idx: Any = _ANY_LOADER) -> tuple[dict, dict, dict]:
+        """(callback, log, progress bar) values of the current stage: Lightning's ``metrics(on_step)``."""
+        callback: dict[str, Any] = {}
+        log: dict[str, Any] = {}
+        pbar: dict[str, Any] = {}
+        training = self.stage == "train"
+        for entry in self.entries.values():
+            if entry.has_reset or (dataloader_idx is not _ANY_LOADER and entry.dataloader_idx != dataloader_idx):
+                continue
+            if on_step:
+                if not entry.on_step:
+                    continue
+                value = entry.step_cache()
+            elif entry.on_epoch:
+                value = entry.compute_epoch()
+            else:
+                continue
+            if not isinstance(value, torch.Tensor):
+                continue
+            step_key, epoch_key = _forked(entry)
+            key = step_key if on_step else epoch_key
+            if entry.logger:
+                log[key] = value
+            # Eval step values are no callback metrics; a "_step" fork is one only while training.
+            if training or (entry.on_epoch and not on_step):
+                callback[entry.name] = value
+                callback[key] = value
+            if entry.prog_bar:
+                pbar[key] = value
+        return callback, log, pbar
+
+    def _merge(self, callback: dict, log: dict, pbar: dict) -> None:
+        self._callback.update(callback)
+        self._logged.update(log)
+        self._pbar.update(pbar)
+
+    # ---- where the loop is ----------------------------------------------------------
+    def enter(self, stage: str | None, phase: str = "epoch") -> None:
+        """Move to ``stage``/``phase``; the views first take what the place being left had."""
+        if self.stage is not None and (stage != self.stage or phase != self.phase):
+            self.refresh()
+        self.stage = stage
+        self.phase = phase
+        if stage is not None:
+            self.entries = self._by_stage.setdefault(stage, {})
+            self._stepped_keys = [e for e in self.entries.values() if e.on_step]
+        if phase != "batch":
+            self.dataloader_idx = None
+
+    def begin(self, stage: str, step_defaults: bool, fresh: bool = True) -> None:
+        """Older entry point: enter ``stage``; ``fresh`` also restarts what it accumulated."""
+        if fresh:
+            self.reset_stage(stage)
+        self.enter(stage, "batch" if step_defaults else "epoch")
+
+    def reset_stage(self, stage: str) -> None:
+        """End of an epoch or evaluation run: accumulators restart, entries hide until logged again."""
+        for entry in self._by_stage.get(stage, {}).values():
+            entry.reset()
+
+    def reset_all(self) -> None:
+        """A new trainer run: nothing logged before is visible (Lightning resets results and views)."""
+        self._by_stage.clear()
+        self.entries = {}
+        self._stepped_keys = []
+        self._callback = {}
+        self._logged = {}
+        self._pbar = {}
+        self.stage = None
+        self.phase = "epoch"
+        self.dataloader_idx = None
+
+    # ---- called from LightningModule.log --------------------------------------------
     def log(self, module: Any, name: str, value: Any, *, prog_bar: bool, logger: bool, on_step: bool | None,
             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, sync_dist: bool, add_dataloader_idx: bool,
             batch_size: int | None) -> None:
-        if self.stage == "predict":
+        stage = self.stage
+        if stage == "predict":
             raise RuntimeError(f"self.log({name!r}, ...) is not supported during predict; return values from "
                                "predict_step instead.")
+        rules = _PHASES.get((stage, self.phase)) if stage is not None else None
+        if rules is None:
+            raise RuntimeError(f"self.log({name!r}, ...) is not allowed here: log from the training, validation or "
+                               "test steps and their batch/epoch hooks (not from setup, configure_*, on_fit_*, "
+                               "on_*_end or the dataloader hooks).")
         if not isinstance(name, str) or not name:
             raise ValueError(f"self.log(name={name!r}): the name must be a non-empty string.")
         is_metric = hasattr(value, "compute") and hasattr(value, "update") and not isinstance(value, torch.Tensor)
@@ -141,50 +314,64 @@ class MetricStore:
                 if value.numel() != 1:
                     raise ValueError(f"self.log({name!r}, value) needs a scalar; got a tensor of shape "
                                      f"{tuple(value.shape)}. Reduce it first, e.g. value.mean().")
-                value = value if enable_graph else value.detach()
+                if not enable_graph:
+                    value = value.detach()
                 if value.ndim:
                     value = value.reshape(())
-            elif isinstance(value, (int, float, bool)):
-                value = torch.tensor(float(value))
+                if value.dtype is not torch.float32 and value.dtype is not torch.float64:
+                    value = value.to(torch.get_default_dtype())  # ints and half floats are kept in fp32 (Lightning)
+            elif isinstance(value, (int, float)):
+                value = torch.tensor(float(value), dtype=torch.get_default_dtype())
             else:
                 raise ValueError(f"self.log({name!r}, value) needs a number, a scalar tensor or a torchmetrics "
                                  f"Metric; got {type(value).__name__}.")
+        default_step, default_epoch, step_allowed = rules
         if on_step is None:
-            on_step = self.step_defaults
+            on_step = default_step
         if on_epoch is None:
-            on_epoch = not self.step_defaults
+            on_epoch = default_epoch
+        if on_step and not step_allowed:
+            raise ValueError(f"self.log({name!r}, on_step=True) is not allowed in an epoch-level hook (on_*_start, "
+                             "on_*_epoch_start, on_*_epoch_end); log it from the step or drop on_step.")
         reduce = _reduce_name(reduce_fx)
-        key = name + self.dataloader_suffix if add_dataloader_idx else name
+        dl_idx = self.dataloader_idx
+        if add_dataloader_idx and "/dataloader_idx_" in name:
+            raise ValueError(f"self.log({name!r}): the name must not contain '/dataloader_idx_'; the index is added "
+                             "for you (or pass add_dataloader_idx=False).")
+        key_name = f"{name}/dataloader_idx_{dl_idx}" if add_dataloader_idx and dl_idx is not None else name
+        key = (self.phase, key_name)
         entry = self.entries.get(key)
         if entry is None:
-            entry = _Entry(key, on_step, on_epoch, prog_bar, logger, reduce, sync_dist, is_metric_object=is_metric)
+            entry = _Entry(key_name, on_step, on_epoch, prog_bar, logger, reduce, sync_dist, dl_idx,
+                           is_metric_object=is_metric)
             self._check_collision(entry)
             self.entries[key] = entry
-        elif entry.settings() != (on_step, on_epoch, reduce):
+            if on_step:
+                self._stepped_keys.append(entry)
+        elif entry.settings() != (on_step, on_epoch, reduce, prog_bar, logger):
             raise ValueError(
                 f"self.log({name!r}) was called with on_step={on_step}, on_epoch={on_epoch}, reduce_fx={reduce!r}, "
-                f"but the same name was logged earlier in this stage with on_step={entry.on_step}, "
-                f"on_epoch={entry.on_epoch}, reduce_fx={entry.reduce!r}. Use one setting per name."
+                f"prog_bar={prog_bar}, logger={logger}, but the same name was logged earlier here with "
+                f"on_step={entry.on_step}, on_epoch={entry.on_epoch}, reduce_fx={entry.reduce!r}, "
+                f"prog_bar={entry.prog_bar}, logger={entry.logger}. Use one setting per name."
             )
         if sync_dist and self._reduce_fn is not None and not is_metric:
-            value = self._reduce_fn(value, "sum" if reduce == "sum" else reduce)
-        if on_step:
-            if not entry.stepped:
-                entry.stepped = True
-                self._stepped_keys.append(entry)
-            entry.step_value = value
-        elif is_metric:
-            entry.step_value = value
-        if on_epoch and not is_metric:
-            if batch_size is None:
-                batch_size = extract_batch_size(self.current_batch) if reduce == "mean" else 1
-            entry.pending.append((value, batch_size))
-            if len(entry.pending) >= _FOLD:
-                entry.fold()
+            value = self._reduce_fn(value, reduce)
+        if on_epoch and not is_metric and batch_size is None:
+            batch_size = 1
+            if reduce == "mean":
+                batch = self.current_batch
+                if batch is not self._sized_batch:  # the batch size is found once per batch
+                    self._sized_batch = batch
+                    self._batch_size = extract_batch_size(batch)
+                batch_size = self._batch_size
+        entry.update(value, batch_size or 1)
 
     def _check_collision(self, new: _Entry) -> None:
         step_key, epoch_key = _forked(new)
         for other in self.entries.values():
+            if other.name == new.name:
+                continue  # the same name from another hook: the later one wins, as in Lightning
             theirs = set(_forked(other)) - {None}
             for mine in (step_key, epoch_key):
                 if mine is not None and mine in theirs:
@@ -194,117 +381,55 @@ class MetricStore:
                         "'<name>_epoch'). Rename one of them."
                     )
 
-    # ---- called by the loop -------------------------------------------------
-    def take_step_values(self) -> dict[str, tuple[_Entry, Any]]:
-        """The step values logged since the last call, keyed by their step key."""
-        out = {}
-        for entry in self._stepped_keys:
-            entry.stepped = False
-            step_key, _ = _forked(entry)
-            out[step_key] = (entry, entry.step_value)
-        self._stepped_keys.clear()
-        return out
+    # ---- the values loggers receive ---------------------------------------------------
+    def step_log_values(self) -> dict[str, Any]:
+        """Step values bound for loggers (each on_step metric's latest value); the views take them too."""
+        callback, log, pbar = self.collect(True, self.dataloader_idx if self.stage != "train" else _ANY_LOADER)
+        self._merge(callback, log, pbar)
+        return log
 
-    def flush_steps(self) -> None:
-        """Publish step values logged since the last flush (callers read the views on demand, not per step)."""
-        if self._stepped_keys:
-            self.publish_step(self.take_step_values())
-
-    def publish_step(self, values: dict[str, tuple[_Entry, Any]]) -> dict[str, Any]:
-        """Make step values visible to callbacks and the bar; return those bound for loggers."""
-        to_logger = {}
-        for key, (entry, value) in values.items():
-            self.callback_metrics[key] = value
-            if entry.on_epoch:
-                self.callback_metrics[entry.name] = value
-            if entry.prog_bar:
-                self.progress_bar_metrics[key] = value
-            if entry.logger:
-                to_logger[key] = value
-        return to_logger
-
-    def finish_epoch(self) -> dict[str, Any]:
-        """Compute every epoch value of the stage; returns those bound for loggers."""
-        to_logger = {}
-        for entry in self.entries.values():
-            if not entry.on_epoch:
-                continue
-            value = entry.compute_epoch()
-            if value is None:
-                continue
-            entry.epoch_value = value
-            _, epoch_key = _forked(entry)
-            self.callback_metrics[epoch_key] = value
-            self.callback_metrics[entry.name] = value
-            if entry.prog_bar:
-                self.progress_bar_metrics[epoch_key] = value
-            if entry.logger:
-                to_logger[epoch_key] = value
-            if entry.is_metric_object:
-                entry.step_value.reset()
-            entry.pending.clear()
-            entry.total = None
-            entry.weight = 0.0
-        return to_logger
-
-    def begin(self, stage: str, step_defaults: bool, fresh: bool = True) -> None:
-        """Switch to ``stage``; ``fresh`` drops what it accumulated before (a new epoch or evaluation run).
-
-        Each stage keeps its own entries, so a validation run in the middle of
-        a training epoch leaves the training epoch's accumulators alone.
-        """
-        self.flush_steps()  # step values not yet read must not be lost when the stage changes
-        self.stage = stage
-        self.step_defaults = step_defaults
-        if fresh or stage not in self._by_stage:
-            self._by_stage[stage] = {}
-        self.entries = self._by_stage[stage]
-        self._stepped_keys.clear()
-        self.dataloader_suffix = ""
-
-    def epoch_values(self) -> dict[str, float]:
-        """Epoch values of the current stage, as floats (what validate()/test() return)."""
-        out = {}
-        for entry in self.entries.values():
-            if entry.on_epoch and entry.epoch_value is not None:
-                _, key = _forked(entry)
-                out[key] = float(entry.epoch_value)
-        return out
+    def epoch_log_values(self, dataloader_idx: Any = _ANY_LOADER) -> dict[str, Any]:
+        """Epoch values bound for loggers; the views take them too."""
+        callback, log, pbar = self.collect(False, dataloader_idx)
+        self._merge(callback, log, pbar)
+        return log
 
     # ---- exact resume (ember.checkpoint saves these in every full checkpoint) ----
-    _ENTRY_FIELDS = ("name", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist", "step_value",
-                     "total", "weight", "epoch_value", "stepped")
+    _ENTRY_FIELDS = ("name", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist", "dataloader_idx",
+                     "step_value", "total", "weight", "epoch_value", "has_reset")
 
     def state_dict(self) -> dict[str, Any]:
         """The training epoch's accumulators and the metric views, so a mid-epoch resume logs the same numbers.
 
         torchmetrics ``Metric`` objects are left out: they keep their own state.
         """
-        entries = {}
+        entries = []
         for key, e in self._by_stage.get("train", {}).items():
             if e.is_metric_object:
                 continue
             saved = {f: getattr(e, f) for f in self._ENTRY_FIELDS}
+            saved["key"] = list(key)
             saved["pending_values"] = [v.detach() for v, _ in e.pending]
             saved["pending_weights"] = [w for _, w in e.pending]
-            entries[key] = saved
-        stepped = [e.name for e in self._stepped_keys if not e.is_metric_object] if self.stage == "train" else []
-        return {"train": entries, "stepped": stepped, "callback_metrics": dict(self.callback_metrics),
-                "logged_metrics": dict(self.logged_metrics), "progress_bar_metrics": dict(self.progress_bar_metrics)}
+            entries.append(saved)
+        self.refresh()
+        return {"train_entries": entries, "callback_metrics": dict(self._callback),
+                "logged_metrics": dict(self._logged), "progress_bar_metrics": dict(self._pbar)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        train: dict[str, _Entry] = {}
-        for key, saved in state["train"].items():
-            entry = _Entry(**{f: saved[f] for f in self._ENTRY_FIELDS})
+        train: dict[tuple, _Entry] = {}
+        for saved in state.get("train_entries", []):
+            entry = _Entry(**{f: saved[f] for f in self._ENTRY_FIELDS if f in saved})
             entry.pending = list(zip(saved["pending_values"], saved["pending_weights"]))
-            train[key] = entry
+            train[tuple(saved["key"])] = entry
         self._by_stage["train"] = train
         if self.stage == "train":
             self.entries = train
-            self._stepped_keys = [train[k] for k in state["stepped"] if k in train]
-        for view in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
-            getattr(self, view).clear()
-            getattr(self, view).update(state[view])
+            self._stepped_keys = [e for e in train.values() if e.on_step]
+        self._callback = dict(state.get("callback_metrics", {}))
+        self._logged = dict(state.get("logged_metrics", {}))
+        self._pbar = dict(state.get("progress_bar_metrics", {}))
+
 
 
 def as_floats(metrics: dict[str, Any]) -> dict[str, float]:

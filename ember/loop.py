@@ -57,6 +57,7 @@ def run_fit(trainer: Any, module: Any) -> None:
     if trainer._val_loaders is None:
         trainer._setup_val_data(module, trainer._val_source)
     _warn_if_eval_mode(module)
+    trainer._metrics.enter("train", "epoch")  # on_train_start may log (epoch-level), as in Lightning
     hooks.call("on_train_start")
     while not trainer._fit_done():
         trainer._begin_epoch()
@@ -64,6 +65,7 @@ def run_fit(trainer: Any, module: Any) -> None:
         if trainer._interrupted:
             break
         trainer._finish_epoch()
+    trainer._metrics.enter(None)  # no logging in on_train_end / on_fit_end
     hooks.call("on_train_end")
 
 
@@ -79,6 +81,8 @@ def run_sanity_check(trainer: Any, module: Any) -> None:
     trainer.sanity_checking = False
     trainer.sanity_checked = True
     restore_rng(rng)
+    # What the sanity run logged is thrown away, as in Lightning.
+    trainer._metrics.reset_all()
 
 
 def validate_in_fit(trainer: Any, module: Any) -> None:
@@ -86,17 +90,15 @@ def validate_in_fit(trainer: Any, module: Any) -> None:
     if trainer._accumulated == 0:
         module.on_validation_model_zero_grad()
     run_evaluation(trainer, module, "validate", None, None)
-    # What the sanity run logged is thrown away, as in Lightning.
-    trainer._metrics.callback_metrics.clear()
-    trainer._metrics.logged_metrics.clear()
-    trainer._metrics.progress_bar_metrics.clear()
 
 
 def train_epoch(trainer: Any, module: Any) -> None:
     """One pass over the training data (or until a stop condition)."""
     hooks = trainer.hooks
     metrics = trainer._metrics
-    metrics.begin("train", step_defaults=False, fresh=True)
+    # The train entries restart at the end of each epoch (after its values are logged), so what
+    # on_train_start logged counts in the first epoch, as in Lightning.
+    metrics.enter("train", "epoch")
     hooks.call("on_train_epoch_start")
     metrics.step_defaults = True
     # Everything the per-batch code needs is resolved here, once per epoch.
@@ -107,15 +109,16 @@ def train_epoch(trainer: Any, module: Any) -> None:
     move = trainer._batch_hooks or trainer.strategy.root_device.type != "cpu" or trainer.precision.param_dtype is not None
     n_batches = trainer.num_training_batches
     last_idx = n_batches - 1 if n_batches != math.inf else -1
-    validate_inside = bool(trainer._val_loaders) and trainer._val_check_batch != math.inf
+    validate_inside = bool(trainer._val_loaders) and trainer._validation_epoch()
     step_cap = trainer.max_steps if trainer.max_steps != -1 else math.inf
     timed = trainer.max_time is not None
     log_every = trainer.log_every_n_steps if trainer.loggers else 0
     trainer._is_last_batch = False
     trainer._epoch_finished = False
+    trainer._epoch_reached_end = False
     for batch_idx, batch in trainer._open_train_iterator():
         trainer.batch_idx = batch_idx
-        trainer._is_last_batch = batch_idx == last_idx
+        is_last = trainer._is_last_batch = batch_idx == last_idx
         if move:
             batch = prepare_batch(trainer, module, batch, 0)
         metrics.current_batch = batch
@@ -125,8 +128,19 @@ def train_epoch(trainer: Any, module: Any) -> None:
                 if fn(batch, batch_idx) == -1:
                     skip_rest = True
             if skip_rest:
+                # -1 ends the epoch here: Lightning still steps the lr schedulers for this batch.
+                trainer._is_last_batch = trainer._epoch_reached_end = True
+                if plan.step_schedulers:
+                    trainer._step_schedulers("step")
+                if plan.epoch_schedulers:
+                    trainer._step_schedulers("epoch")
                 break
         outputs = step_fn(trainer, module, batch, batch_idx, plan)
+        if is_last:
+            # Epoch-interval schedulers step with the last batch, before on_train_batch_end (Lightning).
+            trainer._epoch_reached_end = True
+            if plan.epoch_schedulers:
+                trainer._step_schedulers("epoch")
         trainer._batches_seen_in_epoch = batch_idx + 1
         trainer._total_batches_run += 1
         if trainer._accumulated == 0:  # the optimizer stepped (always, in manual optimization)
@@ -136,9 +150,12 @@ def train_epoch(trainer: Any, module: Any) -> None:
         # Step metrics reach loggers every log_every_n_steps; callbacks and the bar read them on demand.
         if log_every and metrics._stepped_keys and (trainer._batches_that_stepped % log_every == 0 or trainer.should_stop):
             trainer._publish_step_metrics()
+        # Validation (at val_check_interval, at the end of the epoch, or because of a stop) comes
+        # after on_train_batch_end, as part of the batch, as in Lightning.
         if validate_inside and trainer._should_validate_now(batch_idx):
             validate_in_fit(trainer, module)
             metrics.begin("train", step_defaults=True, fresh=False)
+        if plan.plateau_step and trainer._accumulated == 0:
             trainer._step_plateau_schedulers("step")
         if trainer.should_stop or trainer.global_step >= step_cap or timed:
             if trainer._stop_within_epoch():
@@ -149,6 +166,16 @@ def train_epoch(trainer: Any, module: Any) -> None:
                 "The training dataloader produced no batches. Check that the dataset is not empty and that "
                 "drop_last=True with batch_size larger than the dataset is not discarding everything."
             )
+        if n_batches == math.inf and trainer._batches_seen_in_epoch:
+            # A loader without len: its end is only known now (Lightning looks one batch ahead, so there
+            # the schedulers and the validation below happen inside the last batch).
+            trainer._is_last_batch = trainer._epoch_reached_end = True
+            if plan.epoch_schedulers:
+                trainer._step_schedulers("epoch")
+            if validate_inside and trainer._should_validate_now(trainer.batch_idx):
+                validate_in_fit(trainer, module)
+            if plan.plateau_step and trainer._accumulated == 0:
+                trainer._step_plateau_schedulers("step")
     if trainer._preempt_signal is not None:
         # SIGTERM: the last batch is complete; ember.checkpoint.preemption_guard saves and exits.
         from .checkpoint import TrainingPreempted
@@ -156,9 +183,6 @@ def train_epoch(trainer: Any, module: Any) -> None:
         trainer._epoch_state = "between_batches"
         raise TrainingPreempted(trainer._preempt_signal)
     trainer._epoch_finished = True
-    # Validation scheduled for the end of the epoch happens before on_train_epoch_end.
-    if trainer._should_validate_at_epoch_end():
-        validate_in_fit(trainer, module)
     metrics.begin("train", step_defaults=False, fresh=False)
     trainer._finish_train_epoch_metrics()
 
@@ -215,7 +239,11 @@ class _StepPlan:
         self.clip = bool(trainer.gradient_clip_val) or trainer._custom_clipping
         self.scaled = precision.scaler is not None
         self.custom_step = trainer._custom_optimizer_step or trainer._optimizer_needs_closure
-        self.step_schedulers = any(c.interval == "step" for c in trainer.lr_scheduler_configs)
+        # Schedulers step only under automatic optimization (manual: the user calls .step()), as in Lightning.
+        configs = trainer.lr_scheduler_configs if module.automatic_optimization else []
+        self.step_schedulers = any(c.interval == "step" and not c.reduce_on_plateau for c in configs)
+        self.epoch_schedulers = any(c.interval == "epoch" and not c.reduce_on_plateau for c in configs)
+        self.plateau_step = any(c.interval == "step" and c.reduce_on_plateau for c in configs)
         self.check_finite = trainer.check_finite_loss
         # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
         self.training_step = trainer.strategy.step_method(module, "training_step")
@@ -450,14 +478,18 @@ def _evaluate(trainer: Any, module: Any, stage: str, loaders: list[Any], limits:
     was_training = trainer.training
     trainer.training = False
     trainer.evaluating = stage
-    metrics.begin(stage, step_defaults=False, fresh=True)
+    resume_phase = metrics.phase  # the training phase to return to after a validation inside fit
+    metrics.enter(stage, "epoch")
     modes = _capture_modes(module)
     getattr(module, f"{prefix}_model_eval")()
     multi = len(loaders) > 1
     hooks.call(f"{prefix}_start")
     hooks.call(f"{prefix}_epoch_start")
+    seen = trainer._eval_steps_seen
+    outputs = []
     for dl_idx, loader in enumerate(loaders):
-        metrics.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if multi else ""
+        metrics.enter(stage, "batch")
+        metrics.dataloader_idx = dl_idx if multi else None
         extra = (dl_idx,) if multi else ()
         for batch_idx, batch in batches(loader, limits[dl_idx]):
             batch = prepare_batch(trainer, module, batch, dl_idx)
@@ -466,11 +498,20 @@ def _evaluate(trainer: Any, module: Any, stage: str, loaders: list[Any], limits:
             with trainer.precision.autocast():
                 out = step(batch, batch_idx, *extra)
             hooks.call(f"{prefix}_batch_end", out, batch, batch_idx, *extra)
-            trainer._publish_step_metrics(eval_stage=stage)
-    metrics.dataloader_suffix = ""
+            if not trainer.sanity_checking:
+                if metrics._stepped_keys:
+                    trainer._publish_step_metrics(eval_stage=stage, dataloader_idx=dl_idx)
+                seen[dl_idx] = seen.get(dl_idx, 0) + 1
+        # Each loader's epoch values are taken when it is done (validate()/test() return one dict per loader).
+        outputs.append(trainer._store_eval_loader(dl_idx if multi else None))
+    metrics.enter(stage, "epoch")
     hooks.call(f"{prefix}_epoch_end")
-    results = trainer._finish_eval_metrics(stage, len(loaders))
+    results = trainer._finish_eval_metrics(stage, outputs)
+    metrics.enter(None)  # on_*_end reads the views but may not log
     hooks.call(f"{prefix}_end")
+    metrics.reset_stage(stage)
+    if trainer.state_fn == "fit" and not trainer.sanity_checking:
+        metrics.enter("train", resume_phase)
     # The *_model_train hook runs only when the module overrides it; otherwise the captured modes come back.
     if is_overridden(module, f"{prefix}_model_train", LightningModule):
         getattr(module, f"{prefix}_model_train")()

@@ -112,6 +112,15 @@ class LightningModule(nn.Module):
         if self._trainer is None or self._trainer.is_global_zero:
             print(*args, **kwargs)
 
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Every rank's copy of ``data`` (a tensor or a collection of them), stacked along a new first dim.
+
+        With one process it returns ``data`` unchanged. ``sync_grads=True`` lets gradients flow back.
+        """
+        if self._trainer is None:
+            return data
+        return self._trainer.strategy.all_gather(data, group=group, sync_grads=sync_grads)
+
     # ---- logging ----------------------------------------------------------
     def log(
         self,
@@ -259,16 +268,33 @@ class LightningModule(nn.Module):
     def clip_gradients(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        if gradient_clip_val is None or gradient_clip_val == 0:
+        """Clip the gradients of ``optimizer``'s parameters; unset arguments fall back to the Trainer's."""
+        trainer = self._trainer
+        trainer_val = getattr(trainer, "gradient_clip_val", None)
+        trainer_algo = getattr(trainer, "gradient_clip_algorithm", None)
+        if gradient_clip_val is None:
+            gradient_clip_val = trainer_val or 0.0
+        elif trainer_val is not None and trainer_val != gradient_clip_val:
+            raise ValueError(f"Trainer(gradient_clip_val={trainer_val!r}) and clip_gradients(gradient_clip_val="
+                             f"{gradient_clip_val!r}) disagree; set the value in one place only.")
+        if gradient_clip_algorithm is None:
+            algorithm = trainer_algo or "norm"
+        else:
+            algorithm = gradient_clip_algorithm.lower()
+            if trainer_algo is not None and trainer_algo != algorithm:
+                raise ValueError(f"Trainer(gradient_clip_algorithm={trainer_algo!r}) and clip_gradients("
+                                 f"gradient_clip_algorithm={gradient_clip_algorithm!r}) disagree; set it in one place only.")
+        if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)):
+            raise TypeError(f"gradient_clip_val must be an int or a float; got {gradient_clip_val!r}.")
+        if algorithm not in ("norm", "value"):
+            raise ValueError(f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not known; allowed: 'norm', 'value'.")
+        if gradient_clip_val <= 0:
             return
-        algorithm = gradient_clip_algorithm or "norm"
         params = [p for g in _unwrap(optimizer).param_groups for p in g["params"] if p.grad is not None]
         if algorithm == "norm":
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-        elif algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
-            raise ValueError(f"gradient_clip_algorithm={algorithm!r} is not known; allowed: 'norm', 'value'.")
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
 
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
@@ -360,6 +386,10 @@ class LightningModule(nn.Module):
 
     # The model is switched to eval/train around evaluation through these, so
     # a model that keeps e.g. dropout on during validation can override them.
+    def on_validation_model_zero_grad(self) -> None:
+        # Before a validation inside fit: drop the gradients so they do not hold memory meanwhile.
+        self.zero_grad()
+
     def on_validation_model_eval(self) -> None:
         self.trainer._model_for_eval().eval()
 

@@ -260,6 +260,7 @@ class Trainer:
         self._last_val_reload_epoch: float = -math.inf
         self.sanity_checked = False
         self._metrics = MetricStore(reduce_fn=self._reduce_for_logging)
+        self._eval_steps_seen: dict[int, int] = {}  # eval batches per loader: the x-axis of eval step logs
         self._interrupted = False
         self._last_loss: Any = None
         self._resume_batch_idx = 0
@@ -333,8 +334,7 @@ class Trainer:
 
     @property
     def callback_metrics(self) -> dict[str, Any]:
-        self._metrics.flush_steps()
-        return self._metrics.callback_metrics
+        return self._metrics.callback_metrics  # brought up to date when read (ember.logging)
 
     @property
     def logged_metrics(self) -> dict[str, Any]:
@@ -342,7 +342,6 @@ class Trainer:
 
     @property
     def progress_bar_metrics(self) -> dict[str, Any]:
-        self._metrics.flush_steps()
         return as_floats(self._metrics.progress_bar_metrics)
 
     @property
@@ -542,6 +541,8 @@ class Trainer:
         self.strategy.setup_environment()
         if not self.is_global_zero and self.progress_bar_callback is not None:
             self.progress_bar_callback.disable()  # one progress bar per job, on rank 0
+        # Each run starts with nothing logged and empty metric views (Lightning resets results and views).
+        self._metrics.reset_all()
         self.datamodule = datamodule
         if datamodule is not None:
             datamodule.trainer = self
@@ -665,6 +666,7 @@ class Trainer:
             if limit == 0:
                 return [], []  # Lightning does not even ask for the loaders
             found = self._eval_loaders(module, stage, given)
+            self._eval_steps_seen = {}
             name = f"limit_{'val' if stage == 'validate' else 'test'}_batches"
             return found, [_resolve_limit(limit, _loader_length(dl), name) for dl in found]
 
@@ -768,6 +770,7 @@ class Trainer:
         # Lightning notes the epoch of a (re)load, except for a sanity check before a non-validation epoch.
         if not self.sanity_checking or self._validation_epoch():
             self._last_val_reload_epoch = self.current_epoch
+        self._eval_steps_seen = {}
         if loaders is None:
             self._val_loaders, self._val_limit = [], []
             return
@@ -860,18 +863,25 @@ class Trainer:
         return pairs
 
     def _finish_epoch(self) -> None:
-        self._step_schedulers("epoch")
+        # Plateau "epoch" schedulers step after on_train_epoch_end, and only if the epoch ran to its end
+        # (the other epoch schedulers already stepped with its last batch; see loop.train_epoch).
+        if getattr(self, "_epoch_reached_end", True):
+            self._step_plateau_schedulers("epoch")
         self.current_epoch += 1
         self._epoch_state = None  # between epochs: a checkpoint from here starts the next epoch afresh
 
     def _should_validate_now(self, batch_idx: int) -> bool:
-        """Validation inside an epoch (fractional or int val_check_interval)."""
-        if not self._val_loaders or self._is_last_batch or self._val_check_batch == math.inf:
+        """Lightning's rule, checked after every training batch (the last one included)."""
+        if not self._val_loaders or not self._validation_epoch():
             return False
-        if not self._validation_epoch():
-            return False
+        if self._val_check_batch == math.inf:
+            # A loader without len validates at its end; a stop request validates before stopping.
+            return self._is_last_batch or (self.should_stop and self._minimums_reached())
+        if self.should_stop and self._minimums_reached():
+            return True
         if self.check_val_every_n_epoch is None:
             return self._total_batches_run % self._val_check_batch == 0
+        # With a fraction that does not divide the epoch, the epoch's end gets no extra validation (Lightning).
         return (batch_idx + 1) % self._val_check_batch == 0
 
     def _should_validate_at_epoch_end(self) -> bool:
@@ -889,74 +899,113 @@ class Trainer:
         n = self.check_val_every_n_epoch
         return n is None or (self.current_epoch + 1) % n == 0
 
-    def _publish_step_metrics(self, eval_stage: str | None = None) -> None:
+    # Logging follows Lightning's schedule: step values reach the loggers every log_every_n_steps optimizer
+    # steps; epoch values once per epoch/evaluation; each write is stamped with the count of optimizer steps
+    # taken before the current batch (Lightning's "batches that stepped").
+    def _publish_step_metrics(self, eval_stage: str | None = None, dataloader_idx: int = 0) -> None:
+        """Step values to the loggers: after a training batch (when due) or after an eval batch."""
         metrics = self._metrics
-        if not metrics._stepped_keys:
-            return
-        to_logger = metrics.publish_step(metrics.take_step_values())
-        if not to_logger or not self.loggers or self.sanity_checking:
+        if not metrics._stepped_keys or not self.loggers or self.sanity_checking:
             return
         if eval_stage is None:
+            if self._accumulated != 0 and self.lightning_module.automatic_optimization:
+                return  # only after an optimizer step
             n = self.log_every_n_steps
             if not n or self._batches_that_stepped % n != 0 and not self.should_stop:
                 return
-        floats = as_floats(to_logger)
-        metrics.logged_metrics.update(floats)
-        floats["epoch"] = self.current_epoch
+            self._write_logs(metrics.step_log_values(), step=self._batches_that_stepped - 1)
+        else:
+            # Eval step values are stamped with the batch count of their loader (Lightning), without 'epoch'.
+            seen = self._eval_steps_seen.get(dataloader_idx, 0)
+            self._write_logs(metrics.step_log_values(), step=seen, add_epoch=False)
+
+    def _write_logs(self, values: dict[str, Any], step: int | None = None, add_epoch: bool = True) -> None:
+        """Lightning's ``log_metrics``: floats to every logger; 'epoch' is added when the step is implied."""
+        if not self.loggers or not values:
+            return
+        self._metrics._logged.update(values)
+        floats = as_floats(values)
+        if step is None:
+            logged_step = floats.pop("step", None)  # a metric named "step" sets the x-axis (Lightning)
+            if logged_step is not None:
+                step = int(logged_step)
+            else:
+                step = self._fit_log_step()
+        if add_epoch and "step" not in values:
+            floats.setdefault("epoch", self.current_epoch)
         for lg in self.loggers:
-            lg.log_metrics(floats, step=self._batches_that_stepped - 1)
+            lg.log_metrics(floats, step=step)
+
+    def _fit_log_step(self) -> int:
+        # ember counts a batch's optimizer step right after it; Lightning after the batch's validation.
+        if self.state_fn == "fit" and self._accumulated == 0:
+            return max(self._batches_that_stepped - 1, 0)
+        return self._batches_that_stepped
 
     def _finish_train_epoch_metrics(self) -> None:
+        metrics = self._metrics
+        metrics.enter("train", "epoch")
         self.hooks.call("on_train_epoch_end")
-        to_logger = self._metrics.finish_epoch()
-        self._log_epoch(to_logger)
+        # Lightning writes the epoch values with the step count of the epoch's last batch.
+        self._write_logs(metrics.epoch_log_values(), step=max(self._batches_that_stepped - 1, 0))
+        metrics.reset_stage("train")
 
-    def _finish_eval_metrics(self, stage: str, n_loaders: int) -> list[dict[str, float]]:
-        to_logger = self._metrics.finish_epoch()
+    def _store_eval_loader(self, dataloader_idx: int | None) -> dict[str, Any]:
+        """The epoch values of one eval loader, kept for validate()/test()'s return (not during sanity)."""
+        if self.sanity_checking:
+            return {}
+        return self._metrics.epoch_log_values(dataloader_idx)
+
+    def _finish_eval_metrics(self, stage: str, outputs: list[dict[str, Any]]) -> list[dict[str, float]]:
+        """After on_*_epoch_end: merge what the epoch hooks logged into each loader's values, write them."""
+        metrics = self._metrics
+        metrics.refresh()  # the views take the epoch values, sanity check included
         if self.sanity_checking:
             return []
-        self._log_epoch(to_logger)
-        values = self._metrics.epoch_values()
-        if n_loaders == 1:
-            return [values]
-        return [{k: v for k, v in values.items() if k.endswith(f"/dataloader_idx_{i}")} for i in range(n_loaders)]
+        at_end = metrics.epoch_log_values(None)
+        everything: dict[str, Any] = {}
+        for out in outputs:
+            everything.update(out)
+            out.update(at_end)
+        everything.update(at_end)
+        self._write_logs(everything)
+        return [as_floats(out) for out in outputs]
 
-    def _log_epoch(self, to_logger: dict[str, Any]) -> None:
-        if not to_logger:
-            return
-        floats = as_floats(to_logger)
-        self._metrics.logged_metrics.update(floats)
-        if self.loggers and not self.sanity_checking:
-            floats["epoch"] = self.current_epoch
-            step = max(self._batches_that_stepped - 1, 0) if self.state_fn == "fit" else self.global_step
-            for lg in self.loggers:
-                lg.log_metrics(floats, step=step)
-
+    # Lightning's scheduler clock: "step" schedulers count batches of the current epoch (batch_idx + 1),
+    # "epoch" ones count epochs (current_epoch + 1); `frequency` divides that count. Manual
+    # optimization steps no scheduler (the user does).
     def _step_schedulers(self, interval: str) -> None:
+        """Non-plateau schedulers of ``interval`` (the loop calls this when an optimizer step or the epoch ends)."""
+        if not self.lightning_module.automatic_optimization:
+            return
+        counter = self.batch_idx + 1 if interval == "step" else self.current_epoch + 1
         for config in self.lr_scheduler_configs:
             if config.interval != interval or config.reduce_on_plateau:
                 continue
-            counter = self.global_step if interval == "step" else self.current_epoch + 1
             if counter % config.frequency == 0:
                 self.lightning_module.lr_scheduler_step(config.scheduler, None)
-        if interval == "epoch":
-            self._step_plateau_schedulers("epoch")
 
     def _step_plateau_schedulers(self, interval: str) -> None:
+        if not self.lightning_module.automatic_optimization:
+            return
+        counter = self.batch_idx + 1 if interval == "step" else self.current_epoch + 1
         for config in self.lr_scheduler_configs:
             if not config.reduce_on_plateau or config.interval != interval:
                 continue
-            counter = self.global_step if interval == "step" else self.current_epoch + 1
             if counter % config.frequency != 0:
                 continue
             value = self.callback_metrics.get(config.monitor)
             if value is None:
+                available = sorted(self.callback_metrics) or ["(none logged)"]
                 if config.strict:
-                    available = sorted(self.callback_metrics) or ["(none logged)"]
                     raise ValueError(
                         f"The ReduceLROnPlateau scheduler watches {config.monitor!r}, which was never logged. Log it "
                         f"with self.log({config.monitor!r}, ...), or pick one of: {', '.join(available)}."
                     )
+                import warnings
+
+                warnings.warn(f"The ReduceLROnPlateau scheduler watches {config.monitor!r}, which is not logged; "
+                              "strict=False, so this update is skipped.", RuntimeWarning, stacklevel=2)
                 continue
             self.lightning_module.lr_scheduler_step(config.scheduler, value)
 

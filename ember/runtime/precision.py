@@ -58,9 +58,10 @@ class Precision:
                     f"which torch {torch.__version__} does not support. Use precision='bf16-mixed' on the CPU."
                 )
             self._autocast_dtype = torch.float16
-            if device_type == "cuda":
+            if device_type in ("cuda", "cpu"):
                 # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-                self.scaler = torch.amp.GradScaler("cuda")
+                # Lightning scales on the CPU too, so the numbers match there as well.
+                self.scaler = torch.amp.GradScaler(device_type)
         elif self.name == "bf16-mixed":
             self._autocast_dtype = torch.bfloat16
         elif self.name == "bf16-true":
