@@ -1,24 +1,45 @@
-"""One dict that holds the whole training state, written atomically.
+"""One dict that holds the whole training state; atomic writes; exact resume; preemption.
 
 The layout keeps Lightning's top-level keys (``state_dict``, ``epoch``,
 ``global_step``, ``optimizer_states``, ``lr_schedulers``, ``callbacks``,
 ``hyper_parameters``) so checkpoints move between the two frameworks, and
-adds an ``ember`` section with what exact resume needs: the position inside
-the epoch and the RNG states.
+adds an ``ember`` section with what an exact resume needs: where in the epoch
+the save happened, the RNG states, the partial gradients of an unfinished
+accumulation window and the epoch accumulators of logged metrics.
 
-A file is written to a temporary name in the same directory, flushed,
-fsync'ed and renamed over the target, so a crash at any moment leaves either
-the old complete file or the new complete one.
+Where a checkpoint can be taken, and what a resume from it does:
+
+- between epochs (``trainer._epoch_state is None``): start epoch ``epoch``;
+- after the batch loop of an epoch, during its closing validation or
+  ``on_train_epoch_end`` (``"ended"``): finish that epoch (epoch schedulers),
+  then start the next one;
+- inside the batch loop (``"batches"``), from ``on_train_batch_end`` or from a
+  validation inside the epoch: reopen the epoch's iterator with the RNG it
+  was opened with (the same shuffle), skip the batches already trained on,
+  put back the RNG of the moment of the save, then run what was left of the
+  saved batch (publishing its step metrics, a validation that was due, the
+  stop checks) and go on;
+- after the whole of a batch (``"between_batches"``, the SIGTERM save).
+
+Files are written to a temporary name in the same directory, fsync'ed and
+renamed over the target, so a crash at any moment leaves either the old
+complete file or the new complete one.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import pickle
 import random
+import signal
+import socket
 import sys
 import tempfile
+import threading
+import warnings
 import zipfile
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -26,6 +47,8 @@ FORMAT_VERSION = 1
 # Lightning reads this key to decide how to migrate a checkpoint; ember writes
 # the layout of this Lightning release.
 LIGHTNING_LAYOUT_VERSION = "2.6.6"
+TMP_PREFIX = ".tmp-"
+TMP_SUFFIX = ".ckpt.part"
 
 
 def _ember_version() -> str:
@@ -35,61 +58,101 @@ def _ember_version() -> str:
 
 
 # --------------------------------------------------------------------------- RNG
-def capture_rng() -> dict[str, Any]:
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The explicit ``torch.Generator`` objects that decide a DataLoader's order (``generator=`` arguments)."""
+    found: list[torch.Generator] = []
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for obj in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+def capture_rng(generators: list[torch.Generator] = ()) -> dict[str, Any]:
+    """Every random state a training step may draw from, in a form ``torch.load(weights_only=True)`` accepts."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if "numpy" in sys.modules:  # never import numpy just to save its state
-        state["numpy"] = sys.modules["numpy"].random.get_state()
+    numpy = sys.modules.get("numpy")  # never import numpy just to save its state
+    if numpy is not None:
+        kind, keys, pos, has_gauss, cached = numpy.random.get_state()
+        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if generators:
+        state["generators"] = [g.get_state() for g in generators]
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
+def restore_rng(state: dict[str, Any], generators: list[torch.Generator] = ()) -> None:
+    random.setstate(_as_python_state(state["python"]))
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
         import numpy
 
-        numpy.random.set_state(state["numpy"])
+        np_state = state["numpy"]
+        numpy.random.set_state((np_state["kind"], np_state["keys"].numpy().astype("uint32"), np_state["pos"],
+                                np_state["has_gauss"], np_state["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("generators", [])
+    if len(saved) == len(generators):
+        for gen, gen_state in zip(generators, saved):
+            gen.set_state(gen_state)
+
+
+def _as_python_state(state: Any) -> tuple:
+    # torch.load turns the inner tuple of random.getstate() into a list.
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
 
 
 # --------------------------------------------------------------------------- build
 def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
+    """The whole training state as one dict (only weights, hparams and counters with ``weights_only``)."""
     module = trainer.lightning_module
     ckpt: dict[str, Any] = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "pytorch-lightning_version": LIGHTNING_LAYOUT_VERSION,
-        "state_dict": _module_state(trainer),
+        "state_dict": trainer.strategy.lightning_module_state_dict(module),
         "loops": None,
     }
-    mid_epoch = trainer.training and trainer._batches_seen_in_epoch > 0 and not getattr(trainer, "_epoch_finished", False)
-    ckpt["ember"] = {
+    info: dict[str, Any] = {
         "version": _ember_version(),
         "format": FORMAT_VERSION,
-        "batches_done_in_epoch": trainer._batches_seen_in_epoch if mid_epoch else 0,
-        "mid_epoch": bool(mid_epoch),
-        "accumulated": trainer._accumulated if mid_epoch else 0,
         "batches_that_stepped": trainer._batches_that_stepped,
         "total_batches_run": trainer._total_batches_run,
         "sanity_checked": True,
     }
+    info.update(_position(trainer))
+    ckpt["ember"] = info
     if not weights_only:
-        ckpt["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        ckpt["optimizer_states"] = [trainer.strategy.optimizer_state(opt) for opt in trainer.optimizers]
         ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
         scaler = trainer.precision.state_dict()
         if scaler:
             ckpt["native_amp_scaling_state"] = scaler
-        ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
-        ckpt["ember"]["rng"] = capture_rng()
-        if mid_epoch and getattr(trainer, "_epoch_start_rng", None) is not None:
-            ckpt["ember"]["epoch_start_rng"] = trainer._epoch_start_rng
-        ckpt["ember"]["metrics"] = trainer._metrics.state_dict() if hasattr(trainer._metrics, "state_dict") else None
+        states = {}
+        for cb in trainer.callbacks:
+            cb_state = cb.state_dict()
+            if cb_state:
+                states[cb.state_key] = cb_state
+        ckpt["callbacks"] = states
+        if info.get("restart_epoch") and trainer._epoch_start_rng is not None:
+            info["rng"] = trainer._epoch_start_rng
+        else:
+            info["rng"] = capture_rng(loader_generators(trainer.train_dataloader))
+        if info["mid_epoch"]:
+            info["epoch_start_rng"] = trainer._epoch_start_rng
+            if trainer._accumulated:
+                # The gradients summed so far in an unfinished accumulation window.
+                info["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+        if hasattr(trainer._metrics, "state_dict"):
+            info["metrics"] = trainer._metrics.state_dict()
         loader_state = _loader_state(trainer.train_dataloader)
         if loader_state is not None:
-            ckpt["ember"]["train_loader_state"] = loader_state
+            info["train_loader_state"] = loader_state
     if module.hparams:
         ckpt["hparams_name"] = "kwargs"
         ckpt["hyper_parameters"] = dict(module.hparams)
@@ -106,24 +169,55 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     return ckpt
 
 
-def _module_state(trainer: Any) -> dict[str, Any]:
-    return trainer.lightning_module.state_dict()
+def _position(trainer: Any) -> dict[str, Any]:
+    """Where in the fit loop this save happens (see the module docstring)."""
+    in_fit = trainer.state_fn == "fit" and not trainer.sanity_checking
+    where = trainer._epoch_state if in_fit else None
+    if where == "batches" and getattr(trainer, "_epoch_finished", False):
+        where = "ended"  # the batch loop is over: closing validation or on_train_epoch_end
+    if where in ("batches", "between_batches") and trainer._batches_seen_in_epoch > 0:
+        if where == "between_batches":
+            left = "stop_check"
+        elif trainer.evaluating == "validate":
+            left = "after_validation"  # saved by a validation inside the epoch, once it had run
+        else:
+            left = "batch_end"  # saved from on_train_batch_end: the batch's bookkeeping is still to come
+        return {"mid_epoch": True, "epoch_completed": False, "batches_done_in_epoch": trainer._batches_seen_in_epoch,
+                "accumulated": trainer._accumulated, "left_of_batch": left,
+                "epoch_reached_end": bool(getattr(trainer, "_epoch_reached_end", False))}
+    # Saved before the first batch of an open epoch (on_train_batch_start): restart the epoch, from the RNG it
+    # was opened with so that it shuffles the same way.
+    restart_epoch = where in ("batches", "between_batches")
+    return {"mid_epoch": False, "epoch_completed": where == "ended", "batches_done_in_epoch": 0, "accumulated": 0,
+            "restart_epoch": restart_epoch, "epoch_reached_end": bool(getattr(trainer, "_epoch_reached_end", False))}
 
 
 def _loader_state(loader: Any) -> Any:
     """A stateful dataloader or sampler (torchdata's StatefulDataLoader, say) describes its own position."""
-    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if obj is not None and callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
+    for obj in _stateful_candidates(loader):
+        if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
             return {"owner": type(obj).__name__, "state": obj.state_dict()}
     return None
 
 
+def _stateful_candidates(loader: Any) -> list[Any]:
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    objs = [loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)]
+    return [o for o in objs if o is not None]
+
+
 # --------------------------------------------------------------------------- write
 def save_atomic(obj: Any, path: str) -> None:
-    """torch.save to a temp file beside ``path``, fsync, then rename over it."""
+    """``torch.save`` to a temp file beside ``path``, fsync, rename over ``path``, fsync the directory.
+
+    A crash at any moment leaves ``path`` either as it was or complete. The
+    temp name carries host and pid so a later run can tell a leftover of a
+    dead process from a save in progress (``remove_stale_temp_files``).
+    """
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt.part", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", suffix=TMP_SUFFIX,
+                               dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
@@ -131,10 +225,8 @@ def save_atomic(obj: Any, path: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(directory)
 
@@ -153,43 +245,92 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Delete temp files that a process on this host left behind when it died mid-save."""
+    removed = []
+    host = socket.gethostname()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(TMP_PREFIX + host + "-") and name.endswith(TMP_SUFFIX)):
+            continue
+        pid_text = name[len(TMP_PREFIX + host + "-"):].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --------------------------------------------------------------------------- read
 class CheckpointError(RuntimeError):
     """A checkpoint file cannot be used; the message names the file and why."""
 
 
-def load_file(path: str, map_location: Any = None) -> dict[str, Any]:
-    """Load a checkpoint, safely where possible, with a clear error for damaged or foreign files."""
+def load_file(path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    """Load a checkpoint with a clear error for damaged, foreign, unsafe or too-new files.
+
+    ``weights_only=None`` (the default) and ``True`` load with
+    ``torch.load(weights_only=True)``, which runs no code from the file; a file
+    that holds other objects (a ``Namespace`` in the hyper-parameters, say)
+    needs ``weights_only=False``, which the error says.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError(f"Checkpoint {path!r} is empty (0 bytes); it was probably cut off while being written.")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"Checkpoint {path!r} ({size} bytes) is not a torch.save archive; it is truncated or "
-                              "not a checkpoint.")
+    safe = weights_only is not False
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as safe_err:
-        # Objects beyond tensors and plain containers (e.g. a Namespace in hparams) need full unpickling,
-        # which runs code from the file: only do it for files you trust.
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"Checkpoint {path!r} could not be read: {exc}") from exc
-        import warnings
-
-        warnings.warn(f"Checkpoint {path!r} holds objects that torch.load(weights_only=True) refuses "
-                      f"({str(safe_err).splitlines()[0][:160]}); it was loaded with weights_only=False. Load only "
-                      "checkpoints you trust.", UserWarning, stacklevel=3)
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"Checkpoint {path!r} is damaged and cannot be read: {exc}") from exc
+        ckpt = torch.load(path, map_location=map_location, weights_only=safe)
+    except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"Checkpoint {path!r} ({size} bytes) is not a torch.save archive: it is truncated, "
+                                  f"damaged or not a checkpoint ({_first_line(exc)}).") from exc
+        raise CheckpointError(
+            f"Checkpoint {path!r} holds objects that the safe loader (torch.load(weights_only=True)) refuses: "
+            f"{_first_line(exc)}\nIf you trust this file, load it with weights_only=False (e.g. "
+            "Model.load_from_checkpoint(path, weights_only=False) or trainer.fit(..., ckpt_path=path, "
+            "weights_only=False)); loading it that way can run code stored in the file."
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        what = "is truncated" if not zipfile.is_zipfile(path) else "is damaged"
+        raise CheckpointError(f"Checkpoint {path!r} ({size} bytes) {what} and cannot be read: "
+                              f"{_first_line(exc)}") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"Checkpoint {path!r} has no 'state_dict' (found {keys}); it is not a training checkpoint.")
+        keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"Checkpoint {path!r} has no 'state_dict' (found {keys}); it is not a training "
+                              "checkpoint. A bare model.state_dict() file loads with model.load_state_dict(torch.load(path)).")
     _check_version(ckpt, path)
     return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of a torch.load error, without terminal colour codes."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        if "Unsupported global" in line or "WeightsUnpickler error" in line:
+            return line.split(" Please use")[0][:300]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _check_version(ckpt: dict[str, Any], path: str) -> None:
@@ -199,89 +340,339 @@ def _check_version(ckpt: dict[str, Any], path: str) -> None:
     fmt = info.get("format", 1)
     if fmt > FORMAT_VERSION:
         raise CheckpointError(
-            f"Checkpoint {path!r} was written by ember {info.get('version')} (format {fmt}); this ember "
-            f"{_ember_version()} reads format {FORMAT_VERSION} and older. Upgrade ember to load it."
+            f"Checkpoint {path!r} was written by ember {info.get('version')} (checkpoint format {fmt}); this is ember "
+            f"{_ember_version()}, which reads format {FORMAT_VERSION} and older. Upgrade ember to load it."
         )
 
 
-def load_state_into(module: torch.nn.Module, state: dict[str, Any], path: str, strict: bool = True) -> None:
-    result = module.load_state_dict(state, strict=False)
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"Checkpoint {path!r} does not match {type(module).__name__}.\n"
-            f"  missing keys (in the model, not the file): {missing}\n"
-            f"  unexpected keys (in the file, not the model): {unexpected}\n"
-            "Pass strict=False to load what matches."
-        )
+def load_state_into(module: torch.nn.Module, state: dict[str, Any], path: str, strict: bool = True,
+                    strategy: Any = None) -> None:
+    """``module.load_state_dict`` with an error that lists what does not match (nothing is loaded then)."""
+    own = module.state_dict()
+    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor)
+              and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if shapes or strict and (missing or unexpected):
+        lines = [f"Checkpoint {path!r} does not match {type(module).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys (in the model, not in the file): {missing}")
+        if unexpected:
+            lines.append(f"  unexpected keys (in the file, not in the model): {unexpected}")
+        if shapes:
+            lines.append(f"  shape mismatches: {shapes}")
+        lines.append("Pass strict=False to load the keys that match." if not shapes else
+                     "Shapes must match even with strict=False; build the model with the checkpoint's hyper-parameters.")
+        raise CheckpointError("\n".join(lines))
+    if strategy is not None:
+        strategy.load_module_state_dict(module, state)  # sharded strategies scatter here
+    else:
+        module.load_state_dict(state, strict=False)
 
 
-def load_weights_into(module: Any, path: str, strict: bool = True) -> dict[str, Any]:
-    ckpt = load_file(path, map_location=module.device)
+def load_weights_into(module: Any, path: str, strict: bool = True, weights_only: bool | None = None) -> dict[str, Any]:
+    ckpt = load_file(path, map_location=module.device, weights_only=weights_only)
     module.on_load_checkpoint(ckpt)
     load_state_into(module, ckpt["state_dict"], path, strict)
     return ckpt
 
 
-def restore_training_state(trainer: Any, path: str) -> None:
-    """Put the trainer, model, optimizers and RNGs back where the checkpoint left them."""
+def restore_training_state(trainer: Any, path: str, weights_only: bool | None = None) -> None:
+    """Put the trainer, model, optimizers, schedulers and callbacks back where the checkpoint left them.
+
+    What the fit loop must redo itself (a mid-epoch position) is left in
+    ``trainer._mid_epoch_resume`` for ``open_train_batches``.
+    """
     module = trainer.lightning_module
-    ckpt = load_file(path, map_location=trainer.strategy.root_device)
+    ckpt = load_file(path, map_location=trainer.strategy.root_device, weights_only=weights_only)
+    if "optimizer_states" not in ckpt:
+        raise CheckpointError(
+            f"Checkpoint {path!r} holds only the model weights (saved with weights_only=True or "
+            "ModelCheckpoint(save_weights_only=True)), so training cannot resume from it. Load the weights with "
+            "Model.load_from_checkpoint(path) and start a new fit, or resume from a full checkpoint."
+        )
     trainer.hooks.call("on_load_checkpoint", ckpt)
-    load_state_into(module, ckpt["state_dict"], path)
-    states = ckpt.get("optimizer_states", [])
+    load_state_into(module, ckpt["state_dict"], path, strict=getattr(module, "strict_loading", True),
+                    strategy=trainer.strategy)
+    states = ckpt["optimizer_states"]
     if len(states) != len(trainer.optimizers):
         raise CheckpointError(f"Checkpoint {path!r} holds {len(states)} optimizer state(s) but configure_optimizers() "
                               f"returned {len(trainer.optimizers)}.")
     for opt, st in zip(trainer.optimizers, states):
-        opt.load_state_dict(st)
-    for cfg, st in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
+        trainer.strategy.load_optimizer_state(opt, st)
+    scheds = ckpt.get("lr_schedulers", [])
+    if len(scheds) != len(trainer.lr_scheduler_configs):
+        raise CheckpointError(f"Checkpoint {path!r} holds {len(scheds)} lr scheduler state(s) but "
+                              f"configure_optimizers() returned {len(trainer.lr_scheduler_configs)}.")
+    for cfg, st in zip(trainer.lr_scheduler_configs, scheds):
         cfg.scheduler.load_state_dict(st)
     if "native_amp_scaling_state" in ckpt:
         trainer.precision.load_state_dict(ckpt["native_amp_scaling_state"])
-    cb_states = ckpt.get("callbacks", {})
+    cb_states = ckpt.get("callbacks") or {}
     for cb in trainer.callbacks:
         if cb.state_key in cb_states:
             cb.load_state_dict(cb_states[cb.state_key])
-    info = ckpt.get("ember") or {}
+    dm = trainer.datamodule
+    if dm is not None and type(dm).__qualname__ in ckpt:
+        dm.load_state_dict(ckpt[type(dm).__qualname__])
+
+    info = ckpt.get("ember") or _from_lightning(ckpt, path)
     trainer.global_step = ckpt["global_step"]
     trainer.current_epoch = ckpt["epoch"]
     trainer._batches_that_stepped = info.get("batches_that_stepped", ckpt["global_step"])
     trainer._total_batches_run = info.get("total_batches_run", trainer._batches_that_stepped)
     if info.get("sanity_checked"):
         trainer.sanity_checked = True
-    if info.get("mid_epoch"):
-        trainer._resume_batch_idx = info["batches_done_in_epoch"]
-        trainer._resume_accumulated = info.get("accumulated", 0)
-        trainer._resume_epoch_rng = info.get("epoch_start_rng")
-    if "rng" in info:
-        trainer._resume_rng = info["rng"]
     if info.get("metrics") is not None and hasattr(trainer._metrics, "load_state_dict"):
-        trainer._resume_metrics = info["metrics"]
+        trainer._metrics.load_state_dict(info["metrics"])
+    loader_restored = False
     if "train_loader_state" in info:
-        _restore_loader(trainer.train_dataloader, info["train_loader_state"])
+        loader_restored = _restore_loader(trainer.train_dataloader, info["train_loader_state"])
+    for name, p in module.named_parameters():
+        grad = (info.get("grads") or {}).get(name)
+        if grad is not None:
+            p.grad = grad.to(device=p.device, dtype=p.dtype).clone()
+    if info.get("mid_epoch"):
+        trainer._mid_epoch_resume = {
+            "batches_done": info["batches_done_in_epoch"], "accumulated": info.get("accumulated", 0),
+            "left_of_batch": info.get("left_of_batch", "batch_end"), "epoch_start_rng": info.get("epoch_start_rng"),
+            "rng": info.get("rng"), "metrics": info.get("metrics"), "loader_restored": loader_restored,
+            "epoch_reached_end": info.get("epoch_reached_end", False),
+        }
+        return  # the RNG is put back by open_train_batches, once the epoch's iterator exists again
+    if info.get("epoch_completed"):
+        # Saved in on_train_epoch_end: close the epoch now as the run that wrote the checkpoint did next
+        # (its metric accumulators restart, plateau schedulers step, the epoch counter moves on).
+        if hasattr(trainer._metrics, "reset_stage"):
+            trainer._metrics.reset_stage("train")
+        trainer._epoch_reached_end = info.get("epoch_reached_end", True)
+        trainer._finish_epoch()
+        trainer._epoch_state = None
+    if info.get("rng") is not None:
+        restore_rng(info["rng"], loader_generators(trainer.train_dataloader))
 
 
-def _restore_loader(loader: Any, saved: dict[str, Any]) -> None:
-    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if obj is not None and type(obj).__name__ == saved["owner"] and callable(getattr(obj, "load_state_dict", None)):
+def _from_lightning(ckpt: dict[str, Any], path: str) -> dict[str, Any]:
+    """Counters from a Lightning checkpoint's loop state (epochs resume at an epoch boundary)."""
+    try:
+        fit_loop = ckpt["loops"]["fit_loop"]
+        epochs_done = fit_loop["epoch_progress"]["current"]["processed"]
+        stepped = fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"]
+    except (KeyError, TypeError):
+        return {}
+    info = {"batches_that_stepped": stepped, "total_batches_run": stepped}
+    if epochs_done == ckpt["epoch"] + 1:
+        info["epoch_completed"] = True  # saved at the end of an epoch whose batches had all run
+    elif fit_loop["epoch_loop.batch_progress"]["current"]["completed"]:
+        warnings.warn(f"Checkpoint {path!r} was written by Lightning in the middle of an epoch; ember restarts that "
+                      "epoch from its first batch.", UserWarning, stacklevel=3)
+    return info
+
+
+def _restore_loader(loader: Any, saved: dict[str, Any]) -> bool:
+    for obj in _stateful_candidates(loader):
+        if type(obj).__name__ == saved["owner"] and callable(getattr(obj, "load_state_dict", None)):
             obj.load_state_dict(saved["state"])
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- the epoch's iterator
+def open_train_batches(trainer: Any) -> tuple[Iterator[tuple[int, Any]], str | None]:
+    """This epoch's ``(batch_idx, batch)`` pairs, and what is left of the saved batch on a mid-epoch resume.
+
+    The RNG is captured just before the iterator is created, because creating
+    it draws the shuffle order (and the workers' seeds); a mid-epoch
+    checkpoint stores that capture so a resume draws the same order. Runs
+    once per epoch, never per step.
+    """
+    loader = trainer.train_dataloader
+    resume = trainer._mid_epoch_resume
+    trainer._mid_epoch_resume = None
+    gens = loader_generators(loader)
+    if resume is not None and resume["epoch_start_rng"] is not None:
+        restore_rng(resume["epoch_start_rng"], gens)
+    trainer._epoch_start_rng = capture_rng(gens)
+    trainer._epoch_state = "batches"
+    iterator = iter(loader)
+    skip = 0
+    if resume is not None:
+        skip = resume["batches_done"]
+        if resume["epoch_start_rng"] is None:
+            _warn_once("no-epoch-rng", "The checkpoint does not hold the RNG state of its epoch's start, so the "
+                       "resumed epoch may draw a different shuffle order than the interrupted one.")
+        if skip and not resume["loader_restored"]:
+            _skip_batches(iterator, loader, skip)
+        if resume["rng"] is not None:
+            restore_rng(resume["rng"], gens)
+        if resume["metrics"] is not None and hasattr(trainer._metrics, "load_state_dict"):
+            trainer._metrics.load_state_dict(resume["metrics"])  # the epoch accumulators begin() just cleared
+        trainer._accumulated = resume["accumulated"]
+        trainer._batches_seen_in_epoch = skip
+        trainer._epoch_reached_end = resume["epoch_reached_end"]
+    pairs: Iterator[tuple[int, Any]] = enumerate(iterator, skip)
+    limit = trainer._train_limit
+    if limit is not None:
+        pairs = itertools.islice(pairs, max(limit - skip, 0))
+    return pairs, (resume["left_of_batch"] if resume is not None and skip else None)
+
+
+def _skip_batches(iterator: Any, loader: Any, n: int) -> None:
+    """Advance a fresh iterator past the ``n`` batches the interrupted run already trained on."""
+    from torch.utils.data import DataLoader, IterableDataset
+    from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
+
+    if isinstance(loader, DataLoader) and type(iterator) is _SingleProcessDataLoaderIter \
+            and not isinstance(loader.dataset, IterableDataset):
+        # In-process, map-style: the sampler alone decides the batches, so draw their indices without
+        # loading the samples (skipping 10k image batches costs milliseconds, not minutes).
+        for _ in range(n):
+            try:
+                iterator._next_index()
+            except StopIteration:
+                break
+        iterator._num_yielded += n
+    else:
+        for _ in itertools.islice(iterator, n):
+            pass
+    _warn_if_unknown_order(loader)
+
+
+_SAMPLERS_WITH_KNOWN_ORDER = ("SequentialSampler", "RandomSampler", "DistributedSampler", "SubsetRandomSampler",
+                              "WeightedRandomSampler", "BatchSampler")
+
+
+def _warn_if_unknown_order(loader: Any) -> None:
+    """Say so when ember cannot know that re-reading the first batches reproduces the interrupted epoch."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    if isinstance(loader, (list, tuple)):
+        return
+    if not isinstance(loader, DataLoader):
+        what = f"the training dataloader ({type(loader).__name__})"
+    elif isinstance(loader.dataset, IterableDataset):
+        what = f"the training dataloader's IterableDataset ({type(loader.dataset).__name__})"
+    else:
+        custom = [type(s).__name__ for s in (loader.sampler, loader.batch_sampler)
+                  if s is not None and type(s).__name__ not in _SAMPLERS_WITH_KNOWN_ORDER]
+        if not custom:
             return
+        what = f"the training dataloader's sampler ({custom[0]})"
+    _warn_once(what, f"Resuming mid-epoch: ember skipped the batches already trained on by reading {what} again, "
+               "but cannot tell whether it yields them in the same order as before. If it does not, the resumed "
+               "epoch differs from the interrupted one. Give it state_dict() and load_state_dict() (or use "
+               "torchdata's StatefulDataLoader) so that checkpoints store its position.")
 
 
-def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, strict: bool | None = None,
-                                **overrides: Any) -> Any:
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- preemption
+class TrainingPreempted(SystemExit):
+    """Raised out of ``fit`` after a SIGTERM: the step finished and a resumable checkpoint was saved.
+
+    A ``SystemExit``, so an uncaught one ends the program without a traceback,
+    with exit status 128 + the signal number (143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, checkpoint_path: str | None = None) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.checkpoint_path = checkpoint_path
+
+
+@contextlib.contextmanager
+def preemption_guard(trainer: Any) -> Iterator[None]:
+    """For the duration of the fit loop, turn SIGTERM into "finish this step, save, exit".
+
+    The handler only sets flags; the loop acts on them at the next step
+    boundary (``Trainer._stop_within_epoch``), so no step is ever cut in half.
+    """
+    previous = None
+    installed = threading.current_thread() is threading.main_thread()
+    if installed:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is signal.SIG_IGN:
+            installed = False  # the program asked to ignore SIGTERM; respect that
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if trainer._preempt_signal is None:
+            print(f"ember: received {signal.Signals(signum).name}; finishing the current step, then saving a "
+                  "checkpoint.", file=sys.stderr, flush=True)
+        trainer._preempt_signal = signum
+        trainer.should_stop = True
+        if callable(previous):
+            previous(signum, frame)
+
+    if installed:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+        if trainer._preempt_signal is not None:
+            # The signal came after the last step (closing validation or hooks): the fit ended normally.
+            raise TrainingPreempted(trainer._preempt_signal)
+    except TrainingPreempted as exc:
+        exc.checkpoint_path = _save_preemption_checkpoint(trainer)
+        if trainer.is_global_zero:
+            print(f"ember: stopped by {signal.Signals(exc.signum).name} after step {trainer.global_step} (epoch "
+                  f"{trainer.current_epoch}); saved a resumable checkpoint to {exc.checkpoint_path}. Resume with "
+                  f"trainer.fit(..., ckpt_path={exc.checkpoint_path!r}) or ckpt_path=\"last\". Exiting with status "
+                  f"{exc.code}.", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+        trainer._preempt_signal = None
+
+
+def _save_preemption_checkpoint(trainer: Any) -> str:
+    """Save to the first ModelCheckpoint's "last" file (or ``default_root_dir/last.ckpt``)."""
+    cb = trainer.checkpoint_callback
+    if cb is not None and getattr(cb, "dirpath", None):
+        path = cb.format_checkpoint_name(cb._monitor_candidates(trainer), cb.CHECKPOINT_NAME_LAST)
+        cb.last_model_path = path
+    else:
+        path = os.path.join(trainer.default_root_dir, "last.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
+# --------------------------------------------------------------------------- modules and paths
+def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, hparams_file: Any = None,
+                                strict: bool | None = None, weights_only: bool | None = None, **overrides: Any) -> Any:
+    """Build ``cls`` from the checkpoint's hyper-parameters (``overrides`` win), then load its weights."""
     path = os.fspath(path)
-    ckpt = load_file(path, map_location=map_location or "cpu")
+    ckpt = load_file(path, map_location=map_location or "cpu", weights_only=weights_only)
     hparams = dict(ckpt.get("hyper_parameters") or {})
+    if hparams_file is not None:
+        hparams.update(_read_hparams_file(hparams_file))
     hparams.update(overrides)
     module = cls(**_init_kwargs(cls, hparams))
     module.on_load_checkpoint(ckpt)
-    load_state_into(module, ckpt["state_dict"], path, strict=True if strict is None else strict)
+    if strict is None:
+        strict = getattr(module, "strict_loading", True)
+    load_state_into(module, ckpt["state_dict"], path, strict=strict)
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         module.to(map_location)
     module.eval()
     return module
+
+
+def _read_hparams_file(path: Any) -> dict[str, Any]:
+    path = os.fspath(path)
+    if not path.endswith((".yaml", ".yml")):
+        raise ValueError(f"hparams_file={path!r}: ember reads .yaml hyper-parameter files only.")
+    import yaml  # only needed for this rarely used option
+
+    with open(path) as fh:
+        return dict(yaml.safe_load(fh) or {})
 
 
 def _init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -293,23 +684,59 @@ def _init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if k in params}
 
 
-def find_checkpoint(trainer: Any, which: str) -> str:
-    """Resolve ckpt_path="last" / "best" through the checkpoint callbacks."""
+def find_checkpoint(trainer: Any, which: str) -> str | None:
+    """Resolve ``ckpt_path="best"`` or ``"last"`` through the trainer's ModelCheckpoint callbacks.
+
+    "last" is the newest ``last*.ckpt`` (save_last files and preemption
+    saves); without one, the newest checkpoint any of them wrote. With
+    nothing at all it warns and returns None, so the fit starts fresh (as in
+    Lightning: a requeued job can always pass ``ckpt_path="last"``).
+    """
     cbs = trainer.checkpoint_callbacks
     if which == "best":
         for cb in cbs:
             if getattr(cb, "best_model_path", ""):
                 return cb.best_model_path
-        raise ValueError('ckpt_path="best" needs a ModelCheckpoint that has saved a best checkpoint; none has.')
-    candidates = []
+        raise ValueError('ckpt_path="best" needs a ModelCheckpoint that has saved a best checkpoint; none has. '
+                         "Pass the file's path instead.")
+    last: list[str] = []
+    others: list[str] = []
     for cb in cbs:
-        for attr in ("last_model_path", "best_model_path"):
-            p = getattr(cb, attr, "")
-            if p and os.path.isfile(p):
-                candidates.append(p)
-        dirpath = getattr(cb, "dirpath", None) or getattr(cb, "_resolved_dirpath", None)
-        if dirpath and os.path.isdir(dirpath):
-            candidates += [os.path.join(dirpath, f) for f in os.listdir(dirpath) if f.endswith(".ckpt")]
+        if getattr(cb, "last_model_path", "") and os.path.isfile(cb.last_model_path):
+            last.append(cb.last_model_path)
+        for directory in _search_dirs(cb):
+            for name in os.listdir(directory):
+                full = os.path.join(directory, name)
+                if not name.endswith(cb.FILE_EXTENSION) or not os.path.isfile(full):
+                    continue
+                (last if name.startswith(cb.CHECKPOINT_NAME_LAST) else others).append(full)
+    fallback = os.path.join(trainer.default_root_dir, "last.ckpt")  # the preemption save without a ModelCheckpoint
+    if os.path.isfile(fallback):
+        last.append(fallback)
+    candidates = last or others
     if not candidates:
-        raise ValueError('ckpt_path="last" found no checkpoint; none has been saved yet by a ModelCheckpoint.')
+        warnings.warn('ckpt_path="last" found no checkpoint, so training starts from scratch. Checkpoints are looked '
+                      "for in the ModelCheckpoint's dirpath.", UserWarning, stacklevel=3)
+        return None
     return max(candidates, key=os.path.getmtime)
+
+
+def _search_dirs(cb: Any) -> list[str]:
+    """The callback's dirpath, and with the default layout also the other ``version_N/checkpoints`` folders.
+
+    A new run gets a new logger version, so a requeued job would otherwise
+    never see the checkpoints of the run it continues.
+    """
+    dirpath = getattr(cb, "dirpath", None)
+    if not dirpath:
+        return []
+    dirs = [dirpath] if os.path.isdir(dirpath) else []
+    if getattr(cb, "_dirpath_is_default", False):
+        version_dir = os.path.dirname(dirpath)
+        parent = os.path.dirname(version_dir)
+        if os.path.basename(version_dir).startswith("version_") and os.path.isdir(parent):
+            for name in sorted(os.listdir(parent)):
+                other = os.path.join(parent, name, os.path.basename(dirpath))
+                if name.startswith("version_") and other != dirpath and os.path.isdir(other):
+                    dirs.append(other)
+    return dirs

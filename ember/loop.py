@@ -205,11 +205,12 @@ def finish_saved_batch(trainer: Any, module: Any, left: str) -> bool:
         log_every = trainer.log_every_n_steps if trainer.loggers else 0
         if log_every and metrics._stepped_keys and (trainer._batches_that_stepped % log_every == 0 or trainer.should_stop):
             trainer._publish_step_metrics()
-        if trainer._val_loaders and trainer._val_check_batch != math.inf and trainer._should_validate_now(batch_idx):
+        if trainer._val_loaders and trainer._validation_epoch() and trainer._should_validate_now(batch_idx):
             validate_in_fit(trainer, module)
             left = "after_validation"
     if left == "after_validation":
         metrics.begin("train", step_defaults=True, fresh=False)
+    if left != "stop_check" and trainer._accumulated == 0:
         trainer._step_plateau_schedulers("step")
     return trainer._stop_within_epoch()
 
@@ -287,7 +288,7 @@ def automatic_step(trainer: Any, module: Any, batch: Any, batch_idx: int, plan: 
         if plan.step_schedulers:
             trainer._step_schedulers("step")
     if loss is None:
-        return None
+        return {}  # what Lightning hands to on_train_batch_end for a skipped step
     detached = loss.detach()
     trainer._last_loss = detached
     if type(out) is dict:

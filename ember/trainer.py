@@ -438,11 +438,13 @@ class Trainer:
             from .callbacks.model_summary import ModelSummary
 
             out.append(ModelSummary())
-        if enable_checkpointing and not any(type(cb).__name__ == "ModelCheckpoint" for cb in out):
+        # Any checkpoint callback (ModelCheckpoint subclasses included) replaces the default one, as in Lightning.
+        has_checkpoint = any(getattr(cb, "_is_checkpoint", False) for cb in out)
+        if enable_checkpointing and not has_checkpoint:
             from .callbacks.checkpoint import ModelCheckpoint
 
             out.append(ModelCheckpoint())
-        elif not enable_checkpointing and any(type(cb).__name__ == "ModelCheckpoint" for cb in out):
+        elif not enable_checkpointing and has_checkpoint:
             raise ValueError("Trainer(enable_checkpointing=False) was given together with a ModelCheckpoint callback; "
                              "drop one of them.")
         return _checkpoints_last(out)

@@ -1,0 +1,222 @@
+"""Exact resume: a run stopped at any point and resumed ends bitwise identical to a run that never stopped.
+
+One straight run per configuration saves checkpoints at the interesting
+points (first batch, mid-epoch, epoch end, inside an accumulation window,
+right after a validation inside the epoch); every checkpoint is then resumed
+to the end and compared with the straight run: every parameter, every
+optimizer-state tensor, the scheduler, the counters, the metrics and what the
+logger received after the resume point.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import ember as L
+from ember.callbacks import Callback
+from ember.loggers import Logger
+
+QUIET = dict(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+BATCHES_PER_EPOCH = 12
+EPOCHS = 3
+
+
+class Net(L.LightningModule):
+    """Dropout, Adam, a per-step scheduler, step and epoch metrics: every piece of state resume must carry."""
+
+    def __init__(self, lr: float = 0.02):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.25),
+                                       torch.nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        self.log("noise", torch.rand(()), on_step=False, on_epoch=True, reduce_fx="max")  # draws from the RNG too
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Recorder(Logger):
+    """Keeps every (step, metrics) the trainer logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self):
+        return "recorder"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_metrics(self, metrics, step=None):
+        self.records.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class SaveAt(Callback):
+    """Saves a full checkpoint at chosen points of the straight run, named after the point."""
+
+    def __init__(self, dirpath, batches=(), validations=(), epoch_ends=()):
+        self.dirpath, self.batches, self.validations, self.epoch_ends = dirpath, set(batches), set(validations), set(epoch_ends)
+        self.seen_batches = self.seen_validations = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen_batches += 1
+        if self.seen_batches in self.batches:
+            trainer.save_checkpoint(os.path.join(self.dirpath, f"batch{self.seen_batches}.ckpt"))
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        self.seen_validations += 1
+        if self.seen_validations in self.validations:
+            trainer.save_checkpoint(os.path.join(self.dirpath, f"validation{self.seen_validations}.ckpt"))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch in self.epoch_ends:
+            trainer.save_checkpoint(os.path.join(self.dirpath, f"epoch_end{trainer.current_epoch}.ckpt"))
+
+
+def loaders(explicit_generator: bool):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCHES_PER_EPOCH * 4, 4, generator=g)
+    y = x.sum(1, keepdim=True) + 0.1 * torch.randn(len(x), 1, generator=g)
+    gen = torch.Generator().manual_seed(7) if explicit_generator else None
+    train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=gen)
+    val = DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
+    return train, val
+
+
+# name -> Trainer options, whether the DataLoader has its own generator, and where to save
+CONFIGS = {
+    # epoch-end validation; saves after batch 1, mid-epoch, at the last batch of an epoch and in on_train_epoch_end
+    "plain": (dict(), False, dict(batches=(1, 17, 24), epoch_ends=(0, 1))),
+    # accumulate 3: batches 8 and 22 end inside a window (1 and 2 batches into it)
+    "accumulate": (dict(accumulate_grad_batches=3), True, dict(batches=(8, 22, 12), epoch_ends=(0,))),
+    # validation every 3 batches: save right after validations inside epochs, and mid-window with accumulation 2
+    "fractional_val": (dict(val_check_interval=0.25, accumulate_grad_batches=2), False,
+                       dict(batches=(5, 13), validations=(2, 5, 8))),
+}
+POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
+          for point in [f"batch{b}" for b in where.get("batches", ())]
+          + [f"validation{v}" for v in where.get("validations", ())]
+          + [f"epoch_end{e}" for e in where.get("epoch_ends", ())]]
+
+
+def fit(config: str, root, ckpt_path=None, saver=None):
+    options, explicit_generator, _ = CONFIGS[config]
+    L.seed_everything(123)
+    model = Net()
+    recorder = Recorder()
+    trainer = L.Trainer(max_epochs=EPOCHS, logger=recorder, log_every_n_steps=1, default_root_dir=root,
+                        callbacks=[saver] if saver else None, **QUIET, **options)
+    train, val = loaders(explicit_generator)
+    trainer.fit(model, train, val, ckpt_path=ckpt_path)
+    return model, trainer, recorder
+
+
+_straight: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    def get(config: str):
+        if config not in _straight:
+            root = tmp_path_factory.mktemp(config)
+            saver = SaveAt(str(root), **CONFIGS[config][2])
+            _straight[config] = (*fit(config, root, saver=saver), root)
+        return _straight[config]
+
+    yield get
+    _straight.clear()
+
+
+def assert_same_state(a, ta, b, tb):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), f"parameter {name} differs"
+    sa, sb = ta.optimizers[0].state_dict(), tb.optimizers[0].state_dict()
+    assert sa["state"].keys() == sb["state"].keys()
+    for idx in sa["state"]:
+        for key, value in sa["state"][idx].items():
+            assert torch.equal(value, sb["state"][idx][key]), f"optimizer state {idx}/{key} differs"
+    assert ta.lr_scheduler_configs[0].scheduler.state_dict() == tb.lr_scheduler_configs[0].scheduler.state_dict()
+    assert (ta.global_step, ta.current_epoch) == (tb.global_step, tb.current_epoch)
+    ca, cb = ta.callback_metrics, tb.callback_metrics
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        assert torch.equal(ca[key], cb[key]), f"metric {key} differs: {ca[key]} vs {cb[key]}"
+
+
+@pytest.mark.parametrize("config,point", POINTS)
+def test_resume_from_any_point_is_bitwise_identical(straight, tmp_path, config, point):
+    model, trainer, recorder, root = straight(config)
+    path = os.path.join(root, f"{point}.ckpt")
+    assert os.path.isfile(path), sorted(os.listdir(root))
+    resumed, rtrainer, rrecorder = fit(config, tmp_path, ckpt_path=path)
+    assert_same_state(model, trainer, resumed, rtrainer)
+    # The logger of the resumed run received exactly the tail of what the straight run logged.
+    assert rrecorder.records, "the resumed run logged nothing"
+    assert recorder.records[-len(rrecorder.records):] == rrecorder.records
+
+
+def test_the_matrix_covers_mid_window_and_after_validation_positions(straight):
+    """Guard the matrix itself: its checkpoints really sit inside a window and right after a validation."""
+    from ember.checkpoint import load_file
+
+    *_, root = straight("accumulate")
+    info = load_file(os.path.join(root, "batch8.ckpt"))["ember"]
+    assert info["mid_epoch"] and info["accumulated"] == 2 and info["grads"]
+    *_, root = straight("fractional_val")
+    info = load_file(os.path.join(root, "validation2.ckpt"))["ember"]
+    assert info["mid_epoch"] and info["left_of_batch"] == "after_validation" and info["batches_done_in_epoch"] == 6
+    *_, root = straight("plain")
+    info = load_file(os.path.join(root, "epoch_end0.ckpt"))["ember"]
+    assert info["epoch_completed"] and not info["mid_epoch"]
+
+
+def test_resume_without_the_saved_rng_would_differ(straight, tmp_path):
+    """The comparison above can fail: dropping the saved RNG from a mid-epoch checkpoint changes the result."""
+    from ember.checkpoint import load_file
+
+    model, trainer, _, root = straight("plain")
+    ckpt = load_file(os.path.join(root, "batch17.ckpt"))
+    del ckpt["ember"]["rng"], ckpt["ember"]["epoch_start_rng"]
+    broken = tmp_path / "no_rng.ckpt"
+    torch.save(ckpt, broken)
+    with pytest.warns(UserWarning, match="RNG state"):
+        resumed, rtrainer, _ = fit("plain", tmp_path, ckpt_path=str(broken))
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+
+
+def test_fit_again_with_more_epochs_continues_where_it_stopped(tmp_path):
+    """Lightning's behaviour: counters carry over to the next fit() of the same Trainer, nothing is redone."""
+    L.seed_everything(0)
+    model = Net()
+    trainer = L.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, **QUIET)
+    train, val = loaders(False)
+    trainer.fit(model, train, val)
+    assert (trainer.current_epoch, trainer.global_step) == (2, 2 * BATCHES_PER_EPOCH)
+    trainer.fit(model, train, val)  # max_epochs reached: nothing to do
+    assert trainer.global_step == 2 * BATCHES_PER_EPOCH
+    trainer.max_epochs = 3
+    trainer.fit(model, train, val)
+    assert (trainer.current_epoch, trainer.global_step) == (3, 3 * BATCHES_PER_EPOCH)
