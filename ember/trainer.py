@@ -427,6 +427,13 @@ class Trainer:
             if not isinstance(cb, Callback):
                 raise TypeError(f"Trainer(callbacks=...) must hold ember Callback objects; got {type(cb).__name__}.")
         out = list(user)
+        if self.max_time is not None:
+            from .callbacks.timer import Timer
+
+            # max_time is enforced by a Timer, checked after every batch (Lightning's arrangement);
+            # a Timer the user passed takes precedence.
+            if not any(isinstance(cb, Timer) for cb in out):
+                out.append(Timer(duration=timedelta(seconds=self.max_time), interval="step"))
         if enable_progress_bar and not any(getattr(cb, "_is_progress_bar", False) for cb in out):
             from .callbacks.progress import TQDMProgressBar
 
@@ -816,27 +823,21 @@ class Trainer:
             return True
         if self.max_epochs != -1 and self.current_epoch >= self.max_epochs:
             return True
-        if self._time_is_up():
+        # max_time is a Timer callback (added by the Trainer) that sets should_stop, as in Lightning.
+        # A stop request stays set while min_epochs/min_steps are not met; training ends as soon as they
+        # are (possibly mid-epoch), as in Lightning.
+        if self.should_stop and (self._minimums_reached() or self._preempt_signal is not None):  # SIGTERM wins
             return True
-        if self.should_stop:
-            if self._minimums_reached() or self._preempt_signal is not None:  # SIGTERM beats min_epochs
-                return True
-            self.should_stop = False  # min_epochs/min_steps win over an early stop
         return False
 
     def _minimums_reached(self) -> bool:
         return (self.min_epochs is None or self.current_epoch >= self.min_epochs) and (
             self.min_steps is None or self.global_step >= self.min_steps)
 
-    def _time_is_up(self) -> bool:
-        return self.max_time is not None and time.monotonic() - self._fit_start_time >= self.max_time
-
     def _stop_within_epoch(self) -> bool:
         if self.max_steps != -1 and self.global_step >= self.max_steps:
             return True
-        if self.should_stop and (self._minimums_reached() or self._preempt_signal is not None):
-            return True
-        return self._time_is_up()
+        return self.should_stop and (self._minimums_reached() or self._preempt_signal is not None)
 
     def _begin_epoch(self) -> None:
         if self.reload_dataloaders_every_n_epochs and self.current_epoch % self.reload_dataloaders_every_n_epochs == 0 \

@@ -27,17 +27,18 @@ class ProgressBar(Callback):
         return self._enabled
 
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
-        """What the bar shows after the counters: the last loss and every prog_bar metric."""
+        """What the bar shows after the counters: the logger version and every prog_bar metric.
+
+        As in Lightning 2.x the loss is not added by itself: log it with ``prog_bar=True``.
+        """
         items: dict[str, Any] = {}
         logger = trainer.logger
-        version = getattr(logger, "_version", None) if logger is not None else None
-        if isinstance(version, (int, str)):
+        version = getattr(logger, "version", None) if logger is not None else None
+        if isinstance(version, str):
+            version = version[-4:]  # long version strings show their last 4 characters (Lightning)
+        if isinstance(version, (int, str)) and version != "":
             items["v_num"] = version
-        loss = trainer._last_loss
-        if loss is not None:
-            items["loss"] = f"{float(loss) * trainer.accumulate_grad_batches:.3g}"
-        trainer._metrics.flush_steps()
-        for key, value in trainer._metrics.progress_bar_metrics.items():
+        for key, value in trainer._metrics.progress_bar_metrics.items():  # read: brings the values up to date
             try:
                 items[key] = f"{float(value):.3g}"
             except (TypeError, ValueError):

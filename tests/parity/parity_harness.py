@@ -173,3 +173,93 @@ def first_difference(a: list, b: list) -> str:
             ctx = "\n".join(f"  {j}: L={a[j]!r}\n      E={b[j]!r}" for j in range(lo, min(i + 4, len(a), len(b))))
             return f"first difference at call {i}:\n{ctx}"
     return f"same prefix; lengths differ: lightning {len(a)}, ember {len(b)}; tail: {(a if len(a) > len(b) else b)[min(len(a), len(b)):][:6]}"
+
+
+# --------------------------------------------------------------------------- a configurable boring program
+def boring_class(L: Any, *, lr: float = 0.1, optimizer: str = "sgd", configure: Callable | None = None,
+                 val_loaders: int = 1, test_loaders: int = 1, n_train: int = 16, batch_size: int = 4,
+                 width: int = 3, **hooks: Callable) -> type:
+    """A small regression LightningModule for framework ``L``; ``hooks`` add or replace methods.
+
+    Every *_dataloader is defined on the module, so the framework decides when to call it.
+    """
+
+    class Boring(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(width, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self(x), y)
+            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self(x), y), prog_bar=True)
+
+        def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            x, y = batch
+            self.log("test_loss", torch.nn.functional.mse_loss(self(x), y))
+
+        def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+            return self(batch[0])
+
+        def configure_optimizers(self) -> Any:
+            if configure is not None:
+                return configure(self)
+            if optimizer == "adam":
+                return torch.optim.Adam(self.parameters(), lr=lr)
+            return torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
+
+        def train_dataloader(self) -> Any:
+            return DataLoader(data(n_train, d_in=width), batch_size=batch_size, shuffle=False)
+
+        def val_dataloader(self) -> Any:
+            loaders = [DataLoader(data(8 + 4 * i, d_in=width, seed=1 + i), batch_size=4) for i in range(val_loaders)]
+            return loaders[0] if val_loaders == 1 else loaders
+
+        def test_dataloader(self) -> Any:
+            loaders = [DataLoader(data(8 + 4 * i, d_in=width, seed=5 + i), batch_size=4) for i in range(test_loaders)]
+            return loaders[0] if test_loaders == 1 else loaders
+
+        def predict_dataloader(self) -> Any:
+            return DataLoader(data(8, d_in=width, seed=9), batch_size=4)
+
+    for name, fn in hooks.items():
+        setattr(Boring, name, fn)
+    return Boring
+
+
+def run_program(L: Any, tmp_path: Any, *, model: dict | None = None, trainer: dict | None = None,
+                stage: str = "fit", record: bool = True, stage_kw: dict | None = None,
+                callbacks: Callable | None = None) -> dict[str, Any]:
+    """Build the boring model (recording its hooks), run ``stage`` and return what the parity tests compare."""
+    calls: list = []
+    cls = boring_class(L, **(model or {}))
+    module = (recording(cls, calls) if record else cls)()
+    cbs = [recording_callback(L, calls)] if record else []
+    if callbacks is not None:
+        cbs += callbacks(L)
+    kw = quiet(tmp_path, max_epochs=2, callbacks=cbs)
+    kw.update(trainer or {})
+    t = L.Trainer(**kw)
+    out = getattr(t, stage)(module, **(stage_kw or {}))
+    return {"calls": calls, "weights": weights(module), "global_step": t.global_step,
+            "current_epoch": t.current_epoch, "callback_metrics": as_plain(t.callback_metrics),
+            "logged_metrics": as_plain(t.logged_metrics), "progress_bar_metrics": as_plain(t.progress_bar_metrics),
+            "should_stop": t.should_stop, "returned": out, "trainer": t, "module": module}
+
+
+def assert_same_run(a: dict[str, Any], b: dict[str, Any], exact: bool = True) -> None:
+    """Same hook calls, counters, weights (bitwise unless ``exact=False``) and metric views."""
+    assert a["calls"] == b["calls"], first_difference(a["calls"], b["calls"])
+    assert (a["global_step"], a["current_epoch"]) == (b["global_step"], b["current_epoch"])
+    assert_same_weights(a["weights"], b["weights"], exact=exact)
+    for view in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
+        assert_same_metrics(a[view], b[view])
