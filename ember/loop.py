@@ -230,7 +230,7 @@ class _StepPlan:
         self.before_backward = hooks.listeners("on_before_backward")
         self.after_backward = hooks.listeners("on_after_backward")
         self.before_optimizer_step = hooks.listeners("on_before_optimizer_step")
-        self.autocast = precision._autocast_dtype is not None
+        self.autocast = precision.has_forward_context  # autocast, or the default dtype of a "true" precision
         self.custom_zero_grad = is_overridden(module, "optimizer_zero_grad", LightningModule)
         # loss.backward() directly when nothing wraps it (no loss scaling, custom backward or DDP no_sync).
         self.plain_backward = (precision.scaler is None and not is_overridden(module, "backward", LightningModule)
@@ -379,11 +379,15 @@ def manual_step(trainer: Any, module: Any, batch: Any, batch_idx: int, plan: Any
     loss = out.get("loss") if isinstance(out, dict) else out
     if isinstance(loss, torch.Tensor):
         trainer._last_loss = loss.detach()
+    # What on_train_batch_end receives, as in Lightning: {} for None, the dict (loss detached), or {"loss": ...}.
     if out is None:
-        return None
+        return {}
     if isinstance(out, dict):
-        return out
-    return {"loss": out.detach() if isinstance(out, torch.Tensor) else out}
+        return {**out, "loss": out["loss"].detach()} if isinstance(out.get("loss"), torch.Tensor) else dict(out)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"In manual optimization training_step must return a tensor, a dict or None; it returned "
+                         f"{type(out).__name__}.")
+    return {"loss": out.detach()}
 
 
 def _loss_of(out: Any, trainer: Any) -> torch.Tensor | None:

@@ -190,12 +190,17 @@ class LightningModule(nn.Module):
     @classmethod
     def load_from_checkpoint(
         cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
-        **kwargs: Any,
+        weights_only: bool | None = None, **kwargs: Any,
     ) -> "LightningModule":
-        """Build the module from a checkpoint's hyper-parameters (overridden by ``kwargs``) and load its weights."""
+        """Build the module from a checkpoint's hyper-parameters (overridden by ``kwargs``) and load its weights.
+
+        Reads ember and Lightning checkpoints. ``weights_only=False`` allows files holding arbitrary
+        objects (see ``ember.checkpoint.load_file``); only use it for files you trust.
+        """
         from .checkpoint import load_module_from_checkpoint
 
-        return load_module_from_checkpoint(cls, checkpoint_path, map_location=map_location, strict=strict, **kwargs)
+        return load_module_from_checkpoint(cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                           strict=strict, weights_only=weights_only, **kwargs)
 
     # ---- optimizers ----------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -205,7 +210,15 @@ class LightningModule(nn.Module):
         )
 
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
-        opts = self.trainer.optimizers
+        """The optimizer(s); wrapped so that ``step()`` runs the hooks, the precision and counts global_step."""
+        trainer = self.trainer
+        opts = trainer.optimizers
+        if use_pl_optimizer:
+            from .optim import LightningOptimizer
+
+            # One wrapper per optimizer for the whole run (the same object on every call, as in Lightning).
+            cache = trainer.__dict__.setdefault("_optimizer_wrappers", {})
+            opts = [cache.get(id(o)) or cache.setdefault(id(o), LightningOptimizer(o, trainer)) for o in opts]
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self) -> Any:

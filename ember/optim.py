@@ -102,3 +102,61 @@ def _from_dicts(dicts: list[dict]) -> tuple[list[Any], list[LRSchedulerConfig]]:
                 sched = {**sched, "monitor": d["monitor"]}
             configs.append(_scheduler_config(sched, "'lr_scheduler'"))
     return optimizers, configs
+
+
+def _no_closure() -> None:
+    return None
+
+
+class LightningOptimizer:
+    """What ``self.optimizers()`` returns: the optimizer, stepped the way the Trainer steps it.
+
+    ``step()`` runs the closure, the ``on_before_optimizer_step`` hooks and the precision's step (loss
+    scaling for fp16). Under manual optimization every ``step()`` also counts one ``global_step``, as in
+    Lightning. Everything else (``param_groups``, ``state``, ``zero_grad`` ...) is the optimizer's own.
+    """
+
+    def __init__(self, optimizer: Any, trainer: Any) -> None:
+        self._optimizer = optimizer
+        self._trainer = trainer
+
+    @property
+    def optimizer(self) -> Any:
+        return self._optimizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"LightningOptimizer({self._optimizer!r})"
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Any = None, **kwargs: Any) -> Any:
+        trainer = self._trainer
+        if closure is None:
+            closure = _no_closure
+        elif not callable(closure):
+            raise TypeError(f"optimizer.step(closure=...) needs a callable; got {type(closure).__name__}.")
+        module = trainer.lightning_module
+        precision = trainer.precision
+        optimizer = self._optimizer
+        manual = not module.automatic_optimization
+        if manual:
+            # The automatic loop's closure fires these hooks itself; a manual step needs them here.
+            def closure_and_hooks() -> Any:
+                result = closure()
+                if precision.scaler is not None:
+                    precision.unscale(optimizer)
+                trainer.hooks.call("on_before_optimizer_step", optimizer)
+                return result
+
+            if precision.scaler is not None:
+                closure_and_hooks()
+                out = precision.step(optimizer)
+            else:
+                out = optimizer.step(closure=closure_and_hooks, **kwargs)
+            trainer.global_step += 1
+            return out
+        return precision.step(optimizer, closure)

@@ -617,6 +617,15 @@ class Trainer:
         if module.automatic_optimization and self.accumulate_grad_batches < 1:
             raise ValueError("accumulate_grad_batches must be >= 1")
         self.optimizers, self.lr_scheduler_configs = optim.parse(module.configure_optimizers())
+        self._optimizer_wrappers = {}  # module.optimizers() wraps these anew for this run
+        if not module.automatic_optimization:
+            # Lightning refuses these with manual optimization: the user's training_step owns the step.
+            if self.accumulate_grad_batches != 1:
+                raise ValueError(f"Trainer(accumulate_grad_batches={self.accumulate_grad_batches}) does not apply "
+                                 "to manual optimization; accumulate in training_step yourself (step every N batches).")
+            if self.gradient_clip_val:
+                raise ValueError(f"Trainer(gradient_clip_val={self.gradient_clip_val}) does not apply to manual "
+                                 "optimization; call self.clip_gradients(opt, gradient_clip_val=...) in training_step.")
         if module.automatic_optimization and len(self.optimizers) > 1:
             raise ValueError(
                 f"configure_optimizers() returned {len(self.optimizers)} optimizers; automatic optimization steps one. "

@@ -51,16 +51,24 @@ class Precision:
         self.scaler: torch.amp.GradScaler | None = None
         self._autocast_dtype: torch.dtype | None = None
         self.param_dtype: torch.dtype | None = None  # "true" precisions cast the whole model
+        if self.name == "16-mixed" and device_type == "cpu":
+            # Lightning 2.6 does not run fp16 AMP on the CPU: it warns and uses bf16-mixed, so ember does too
+            # (same numbers as the Lightning program).
+            import warnings
+
+            warnings.warn("Trainer(precision='16-mixed') on the CPU runs as 'bf16-mixed' (fp16 autocast is for GPUs), "
+                          "as Lightning does.", UserWarning, stacklevel=3)
+            self.name = "bf16-mixed"
+        if self.name in ("bf16-mixed", "16-mixed") and not _autocast_supported(device_type, self.name):
+            raise RuntimeError(
+                f"Trainer(precision={self.name!r}) needs torch.autocast({device_type!r}) with "
+                f"{'bfloat16' if self.name == 'bf16-mixed' else 'float16'}, which torch {torch.__version__} does not "
+                f"support on this machine. Use precision='32-true'."
+            )
         if self.name == "16-mixed":
-            if device_type == "cpu" and not _cpu_supports_fp16_autocast():
-                raise RuntimeError(
-                    "Trainer(precision='16-mixed') on the CPU needs torch.autocast('cpu', dtype=torch.float16), "
-                    f"which torch {torch.__version__} does not support. Use precision='bf16-mixed' on the CPU."
-                )
             self._autocast_dtype = torch.float16
-            if device_type in ("cuda", "cpu"):
+            if device_type in ("cuda", "mps"):
                 # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-                # Lightning scales on the CPU too, so the numbers match there as well.
                 self.scaler = torch.amp.GradScaler(device_type)
         elif self.name == "bf16-mixed":
             self._autocast_dtype = torch.bfloat16
@@ -71,10 +79,20 @@ class Precision:
         elif self.name == "64-true":
             self.param_dtype = torch.float64
 
+    @property
+    def has_forward_context(self) -> bool:
+        """Whether ``autocast()`` does anything; when not, the loop skips entering it."""
+        return self._autocast_dtype is not None or self.param_dtype is not None
+
     def autocast(self) -> ContextManager[Any]:
-        if self._autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self._autocast_dtype)
+        """The context the steps run in: autocast for the mixed precisions; for the "true" ones the
+        default dtype becomes the model's, so tensors made inside a step match it (as in Lightning)."""
+        if self._autocast_dtype is not None:
+            # cache_enabled=False as Lightning: no cached weight casts kept across the step.
+            return torch.autocast(self.device_type, dtype=self._autocast_dtype, cache_enabled=False)
+        if self.param_dtype is not None:
+            return _DefaultDtype(self.param_dtype)
+        return contextlib.nullcontext()
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.param_dtype is not None:
@@ -111,9 +129,28 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def _cpu_supports_fp16_autocast() -> bool:
+def _autocast_supported(device_type: str, name: str) -> bool:
+    """Whether torch can autocast to this precision's dtype on ``device_type`` (checked once, at Trainer init)."""
+    if device_type != "cpu":
+        return True  # CUDA/MPS autocast problems surface with the device's own error
+    dtype = torch.bfloat16 if name == "bf16-mixed" else torch.float16
     try:
-        with torch.autocast("cpu", dtype=torch.float16):
-            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+        with torch.autocast("cpu", dtype=dtype):
+            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype
     except (RuntimeError, AssertionError):
         return False
+
+
+class _DefaultDtype:
+    """Set torch's default floating dtype inside a ``with`` block and put the old one back after."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self._dtype = dtype
+        self._saved = torch.get_default_dtype()
+
+    def __enter__(self) -> None:
+        self._saved = torch.get_default_dtype()
+        torch.set_default_dtype(self._dtype)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_default_dtype(self._saved)
