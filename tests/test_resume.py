@@ -220,3 +220,41 @@ def test_fit_again_with_more_epochs_continues_where_it_stopped(tmp_path):
     trainer.max_epochs = 3
     trainer.fit(model, train, val)
     assert (trainer.current_epoch, trainer.global_step) == (3, 3 * BATCHES_PER_EPOCH)
+
+
+# ---------------------------------------------------------------------------- the tutorial's flow
+def tutorial_flow(framework, more_epochs: int):
+    """StatQuest: 34 epochs, then "add more epochs, right where we left off" from best_model_path."""
+    from statquest_model import dataloader, make_class
+
+    model = make_class(framework)()
+    model.learning_rate = 0.01
+    quiet = dict(enable_progress_bar=False, enable_model_summary=False)  # logger and checkpointing: the defaults
+    trainer = framework.Trainer(max_epochs=34, **quiet)
+    trainer.fit(model, train_dataloaders=dataloader())
+    path_to_best_checkpoint = trainer.checkpoint_callback.best_model_path
+    trainer = framework.Trainer(max_epochs=more_epochs, **quiet)
+    trainer.fit(model, train_dataloaders=dataloader(), ckpt_path=path_to_best_checkpoint)
+    return model.final_bias.detach().clone(), trainer.global_step, trainer.current_epoch
+
+
+def test_tutorial_flow_continues_exactly_like_a_straight_run(in_tmp):
+    from statquest_model import dataloader, make_class
+
+    resumed = tutorial_flow(L, 100)
+    model = make_class(L)()
+    model.learning_rate = 0.01
+    trainer = L.Trainer(max_epochs=100, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, train_dataloaders=dataloader())
+    assert resumed[1:] == (trainer.global_step, trainer.current_epoch) == (300, 100)
+    assert torch.equal(resumed[0], model.final_bias.detach())
+
+
+def test_tutorial_flow_matches_lightning(in_tmp):
+    lightning = pytest.importorskip("lightning")
+    ours = tutorial_flow(L, 60)
+    os.makedirs("lightning_run")
+    os.chdir("lightning_run")
+    theirs = tutorial_flow(lightning, 60)
+    assert ours[1:] == theirs[1:] == (180, 60)
+    assert torch.equal(ours[0], theirs[0])
