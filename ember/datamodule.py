@@ -45,6 +45,16 @@ class LightningDataModule:
         ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
         chosen = {k: v for k, v in args_found.items() if (not args or k in args) and k not in ignored}
         self._hparams = AttributeDict(chosen)
+        import copy
+
+        self._hparams_initial = AttributeDict(copy.deepcopy(chosen))
+        self._log_hyperparams = logger  # the Trainer sends them to the loggers (merged with the module's)
+
+    @property
+    def hparams_initial(self) -> Any:
+        from .module import AttributeDict
+
+        return AttributeDict(getattr(self, "_hparams_initial", {}))
 
     @property
     def hparams(self) -> Any:

@@ -259,8 +259,13 @@ class MetricStore:
 
     # ---- where the loop is ----------------------------------------------------------
     def enter(self, stage: str | None, phase: str = "epoch") -> None:
-        """Move to ``stage``/``phase``; the views first take what the place being left had."""
-        if self.stage is not None and (stage != self.stage or phase != self.phase):
+        """Move to ``stage``/``phase``; leaving a batch loop, the views take its last step values.
+
+        (Lightning refreshes the views after every batch; doing it once when the loop is left gives
+        the same views without per-step work. Epoch phases refresh only when read or when the loop
+        finishes an epoch, as in Lightning.)
+        """
+        if self.stage is not None and self.phase == "batch" and (stage != self.stage or phase != self.phase):
             self.refresh()
         self.stage = stage
         self.phase = phase

@@ -36,7 +36,7 @@ class LightningModule(nn.Module):
         self._hparams: AttributeDict = AttributeDict()
         self._hparams_initial: AttributeDict = AttributeDict()
         self._device = torch.device("cpu")
-        self._log_hyperparams = True
+        self._log_hyperparams = False  # save_hyperparameters(logger=True) turns it on (Lightning's default)
         self.example_input_array: Any = None
 
     # ---- trainer-provided state ----------------------------------------

@@ -1043,11 +1043,26 @@ class Trainer:
     def _log_hparams(self, module: LightningModule) -> None:
         if not self.loggers or not self.enable_autolog_hparams:
             return
-        params = dict(module.hparams) if module._log_hyperparams else {}
-        if self.datamodule is not None and getattr(self.datamodule, "_hparams", None):
-            params.update(self.datamodule.hparams)
+        # Lightning logs hyperparameters only for what called save_hyperparameters(logger=True).
+        dm = self.datamodule
+        from_module = module._log_hyperparams
+        from_dm = dm is not None and getattr(dm, "_log_hyperparams", False)
+        params: dict[str, Any] | None = None
+        if from_module:
+            params = dict(module.hparams_initial)
+        if from_dm:
+            dm_params = dict(getattr(dm, "hparams_initial", dm.hparams))
+            clash = [k for k in params.keys() & dm_params.keys() if not _same_value(params[k], dm_params[k])] \
+                if params is not None else []
+            if clash:
+                raise RuntimeError(f"The hyperparameters {sorted(clash)} are saved by both the LightningModule and the "
+                                   "LightningDataModule with different values; rename one of them.")
+            params = {**(params or {}), **dm_params}
         for lg in self.loggers:
-            lg.log_hyperparams(params)
+            if params is not None:
+                lg.log_hyperparams(params)
+            if hasattr(lg, "log_graph"):
+                lg.log_graph(module)
 
     def _resolve_ckpt_path(self, ckpt_path: Any) -> str | None:
         if ckpt_path is None:
@@ -1121,3 +1136,14 @@ def _print_results(stage: str, results: list[dict[str, float]]) -> None:
         print(f"{title:<{width}}  value")
         for key, value in sorted(metrics.items()):
             print(f"{key:<{width}}  {value:.6g}")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a is b
+    try:
+        return bool(a == b)
+    except Exception:  # values that do not compare (arrays): only the same object counts
+        return a is b

@@ -132,7 +132,8 @@ def test_training_step_may_return_a_dict_or_none():
 
     trainer.callbacks.append(Spy())
     trainer.fit(model, _loader())
-    assert seen == [(0, ["extra", "loss"]), (1, None), (2, ["extra", "loss"]), (3, ["extra", "loss"])]
+    # A skipped step hands {} to on_train_batch_end, as Lightning does (tests/parity checks it live).
+    assert seen == [(0, ["extra", "loss"]), (1, []), (2, ["extra", "loss"]), (3, ["extra", "loss"])]
 
 
 def test_nan_loss_names_epoch_and_step_and_keeps_last_good_weights():

@@ -75,7 +75,7 @@ def as_plain(metrics: dict[str, Any]) -> dict[str, float]:
 
 def assert_same_metrics(a: dict[str, Any], b: dict[str, Any], rel: float = 1e-6) -> None:
     a, b = as_plain(a), as_plain(b)
-    assert sorted(a) == sorted(b)
+    assert sorted(a) == sorted(b), f"only lightning: {sorted(set(a) - set(b))}; only ember: {sorted(set(b) - set(a))}"
     for k in a:
         if math.isnan(a[k]):
             assert math.isnan(b[k]), k
