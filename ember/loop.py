@@ -56,6 +56,8 @@ def run_fit(trainer: Any, module: Any) -> None:
         trainer._setup_train_data(module, trainer._train_source)
     if trainer._val_loaders is None:
         trainer._setup_val_data(module, trainer._val_source)
+    if trainer._fit_done() or trainer._train_limit == 0:
+        return  # nothing to train (limit 0, max_epochs reached, or a stop already requested): no train hooks
     _warn_if_eval_mode(module)
     trainer._metrics.enter("train", "epoch")  # on_train_start may log (epoch-level), as in Lightning
     hooks.call("on_train_start")

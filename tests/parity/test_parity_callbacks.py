@@ -1,0 +1,135 @@
+"""Callback parity: EarlyStopping, LearningRateMonitor, Timer, progress bars, ModelSummary."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import pytest
+import torch
+from parity_harness import assert_same_metrics, assert_same_run, boring_class, quiet, run_both, run_program
+
+
+def _early_stopping(**kw):
+    return lambda L: [L.pytorch.callbacks.EarlyStopping(**kw)]
+
+
+@pytest.mark.parametrize("kw,trainer", [
+    (dict(monitor="val_loss", patience=1, min_delta=0.5), {}),
+    (dict(monitor="val_loss", patience=0, mode="max"), {}),
+    (dict(monitor="train_loss_epoch", patience=2, min_delta=0.05), {}),
+    (dict(monitor="val_loss", stopping_threshold=3.0), {}),
+    (dict(monitor="val_loss", divergence_threshold=1.0, mode="max"), {}),
+    (dict(monitor="val_loss", patience=1, min_delta=1.0), dict(val_check_interval=0.5)),  # checks after validation
+    (dict(monitor="val_loss", patience=0, mode="max"), dict(min_epochs=4)),
+], ids=["patience", "mode-max", "train-metric", "stopping-threshold", "divergence", "mid-epoch-val", "min-epochs"])
+def test_early_stopping_stops_in_the_same_epoch(tmp_path, kw, trainer):
+    a, b = run_both(run_program, tmp_path=tmp_path, callbacks=_early_stopping(**kw),
+                    trainer=dict(max_epochs=8, **trainer))
+    assert_same_run(a, b)
+    es = [next(cb for cb in r["trainer"].callbacks if type(cb).__name__ == "EarlyStopping") for r in (a, b)]
+    assert (es[0].stopped_epoch, es[0].wait_count, es[0].stopping_reason.value) == \
+           (es[1].stopped_epoch, es[1].wait_count, es[1].stopping_reason.value)
+    assert float(es[0].best_score) == pytest.approx(float(es[1].best_score), rel=1e-6)
+    assert es[0].state_key == es[1].state_key
+
+
+def test_early_stopping_check_finite(tmp_path):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", torch.tensor(math.nan) if self.current_epoch == 1 else torch.tensor(1.0))
+
+    a, b = run_both(run_program, tmp_path=tmp_path, model=dict(validation_step=validation_step),
+                    callbacks=_early_stopping(monitor="val_loss", patience=5), trainer=dict(max_epochs=5))
+    assert_same_run(a, b)
+    assert a["current_epoch"] == 2
+
+
+def _lr_program(L, tmp_path, configure, interval, **trainer_kw):
+    logged = []
+
+    class Capture(L.pytorch.loggers.CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            logged.append((step, {k: float(v) for k, v in metrics.items() if k.startswith("lr-")}))
+            super().log_metrics(metrics, step)
+
+    monitor = L.pytorch.callbacks.LearningRateMonitor(logging_interval=interval, log_momentum=True,
+                                                      log_weight_decay=True)
+    m = boring_class(L, configure=configure)()
+    t = L.Trainer(**quiet(tmp_path, max_epochs=3, logger=Capture(str(tmp_path)), callbacks=[monitor],
+                          log_every_n_steps=2, **trainer_kw))
+    t.fit(m)
+    return [x for x in logged if x[1]], monitor.lrs, {k: float(v) for k, v in t.callback_metrics.items()
+                                                        if k.startswith("lr-")}
+
+
+def _two_opts_with_groups(m):
+    a = torch.optim.SGD([{"params": [m.layer.weight]}, {"params": [m.layer.bias], "lr": 0.05}], lr=0.1, momentum=0.9)
+    return {"optimizer": a, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(a, 2, 0.5), "interval": "step"}}
+
+
+@pytest.mark.parametrize("interval", [None, "step", "epoch"])
+@pytest.mark.parametrize("configure", [
+    lambda m: {"optimizer": (o := torch.optim.Adam(m.parameters(), lr=0.1, weight_decay=0.01)),
+               "lr_scheduler": torch.optim.lr_scheduler.StepLR(o, 1, 0.5)},
+    _two_opts_with_groups,
+    lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+], ids=["adam-epoch-sched", "groups-step-sched", "no-sched"])
+def test_learning_rate_monitor(tmp_path, interval, configure):
+    a, b = run_both(_lr_program, tmp_path=tmp_path, configure=configure, interval=interval)
+    assert a == b
+
+
+def test_timer_callback_measures_and_stops(tmp_path):
+    def program(L, tmp_path, duration):
+        timer = L.pytorch.callbacks.Timer(duration=duration, interval="step")
+        r = run_program(L, tmp_path, callbacks=lambda L: [timer], record=False, trainer=dict(max_epochs=3))
+        return r["global_step"], timer.time_elapsed("train") > 0, timer.time_remaining() is not None
+
+    a, b = run_both(program, tmp_path=tmp_path, duration={"seconds": 0})  # spent already when fit starts
+    assert a == b == (0, False, True)
+    a, b = run_both(program, tmp_path=tmp_path, duration="00:01:00:00")
+    assert a == b == (12, True, True)
+
+
+def test_max_time_stops_like_a_timer_and_respects_min_epochs(tmp_path):
+    a, b = run_both(run_program, tmp_path=tmp_path, trainer=dict(max_time={"seconds": 0}, min_epochs=1,
+                                                                   max_epochs=3))
+    assert_same_run(a, b)
+    assert a["current_epoch"] == 1
+
+
+@pytest.mark.parametrize("bar", ["tqdm", "rich"])
+def test_progress_bar_runs_and_shows_prog_bar_metrics(tmp_path, bar):
+    if bar == "rich":
+        pytest.importorskip("rich")
+
+    def program(L, tmp_path):
+        cb = (L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1) if bar == "tqdm"
+              else L.pytorch.callbacks.RichProgressBar())
+        m = boring_class(L)()
+        t = L.Trainer(**quiet(tmp_path, max_epochs=1, enable_progress_bar=True, callbacks=[cb]))
+        with contextlib.redirect_stderr(io.StringIO()):
+            t.fit(m)
+        return sorted(cb.get_metrics(t, m))
+
+    a, b = run_both(program, tmp_path=tmp_path)
+    assert a == b
+    assert "train_loss_step" in a and "val_loss" in a
+
+
+def test_configure_callbacks_replaces_trainer_callbacks_of_the_same_type(tmp_path):
+    def configure_callbacks(self):
+        return [self._es]
+
+    def program(L, tmp_path):
+        cls = boring_class(L, configure_callbacks=configure_callbacks)
+        m = cls()
+        m._es = L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=0, mode="max")
+        t = L.Trainer(**quiet(tmp_path, max_epochs=5,
+                              callbacks=[L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=10)]))
+        t.fit(m)
+        return t.current_epoch, [type(c).__name__ for c in t.callbacks], [c.patience for c in t.callbacks
+                                                                         if type(c).__name__ == "EarlyStopping"]
+
+    a, b = run_both(program, tmp_path=tmp_path)
+    assert a == b
