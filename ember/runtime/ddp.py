@@ -1,0 +1,389 @@
+"""Data-parallel training over ``torch.distributed``: one process per device.
+
+``ParallelStrategy`` holds what every multi-process strategy shares: joining
+the process group, the collectives (``barrier``, ``broadcast``,
+``all_gather``, ``reduce``), and giving each rank its share of the data.
+``DDPStrategy`` adds ``DistributedDataParallel``, which averages gradients
+across ranks during backward.
+
+The loop calls ``strategy.step_method(module, "training_step")`` once per
+epoch. Under DDP that returns a function that runs the step through the DDP
+wrapper, because DDP prepares its gradient all-reduce in the wrapper's
+forward; on one device it is the module's own bound method, at no cost.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from datetime import timedelta
+from typing import Any, ContextManager, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+
+from .launcher import (ClusterEnvironment, ScriptLauncher, SpawnLauncher, is_loopback, listen_socket,
+                       loopback_interface, watch_parent)
+from .strategy import Strategy
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)  # how long a collective waits for a missing rank (torch's default)
+_OPS = {"sum": "SUM", "mean": "SUM", "avg": "SUM", "max": "MAX", "min": "MIN", "prod": "PRODUCT"}
+
+
+class ParallelStrategy(Strategy):
+    """Several processes, one device each, in one ``torch.distributed`` process group."""
+
+    strategy_name = "parallel"
+
+    def __init__(self, process_group_backend: str | None = None, timeout: timedelta | None = DEFAULT_TIMEOUT,
+                 start_method: str = "popen") -> None:
+        super().__init__()
+        if start_method not in ("popen", "spawn", "fork", "forkserver"):
+            raise ValueError(f"start_method={start_method!r} is not valid; allowed: 'popen', 'spawn', 'fork', "
+                             "'forkserver'.")
+        self.process_group_backend = process_group_backend
+        self.timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
+        self.start_method = start_method
+        self.num_nodes = 1
+        self.num_processes = 1
+        self.launcher: Any = None
+        self.cluster = ClusterEnvironment.detect()
+        self._set_ranks(self.cluster)
+
+    # ---- who am I --------------------------------------------------------
+    def _set_ranks(self, env: ClusterEnvironment) -> None:
+        self.global_rank = env.global_rank
+        self.local_rank = env.local_rank
+        self.node_rank = env.node_rank
+
+    @property
+    def world_size(self) -> int:  # type: ignore[override]
+        return self.num_processes * self.num_nodes
+
+    def configure(self, num_processes: int, num_nodes: int) -> None:
+        """Called by ``choose()`` once the device count and node count are known."""
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
+        env = self.cluster
+        if env.launched and env.world_size != self.world_size:
+            raise ValueError(
+                f"This process was started by {env.source} with WORLD_SIZE={env.world_size}, but the Trainer asks for "
+                f"devices={num_processes} x num_nodes={num_nodes} = {self.world_size} processes. Make them agree: "
+                "devices must equal the processes per node (torchrun --nproc_per_node, SLURM --ntasks-per-node) "
+                "and num_nodes the number of nodes."
+            )
+        if env.launched:
+            self.launcher = None
+        elif self.start_method == "popen":
+            self.launcher = ScriptLauncher(num_processes, num_nodes)
+        else:
+            self.launcher = SpawnLauncher(num_processes, num_nodes, self.start_method)
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int]:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    # ---- joining the process group ---------------------------------------
+    def setup_environment(self) -> None:
+        env = ClusterEnvironment.detect()
+        if not env.launched:
+            return  # the launcher has not run (yet): nothing to join
+        self.cluster = env
+        self._set_ranks(env)
+        from ..utilities.rank_zero import rank_zero_only
+
+        rank_zero_only.rank = self.global_rank
+        assert self.accelerator is not None
+        self.root_device = self.accelerator.root_device(self.local_rank)
+        if self.root_device.type == "cuda":
+            torch.cuda.set_device(self.root_device)
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_world_size() != self.world_size:
+                raise RuntimeError(f"A process group of {dist.get_world_size()} processes already exists; this "
+                                   f"Trainer needs {self.world_size}.")
+            return
+        launcher_pid = int(os.environ.get("EMBER_LAUNCHER_PID", 0))
+        if env.source == "ember" and launcher_pid != os.getpid():
+            watch_parent(launcher_pid, self.global_rank)  # a child of ember's launcher dies with it
+        backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
+        self.process_group_backend = backend
+        if is_loopback(env.master_addr) and "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()  # a single machine never leaves 127.0.0.1
+        kwargs: dict[str, Any] = {"backend": backend, "rank": self.global_rank, "world_size": self.world_size,
+                                  "timeout": self.timeout}
+        if backend == "nccl":
+            kwargs["device_id"] = self.root_device
+        if env.source == "torchrun":
+            kwargs["init_method"] = "env://"  # the torchrun agent's store (TORCHELASTIC_USE_AGENT_STORE)
+        else:
+            # ember's launchers and SLURM: global rank 0 hosts the rendezvous store on a socket it binds itself
+            # (127.0.0.1 only when the master address is a loopback one); the others connect to it.
+            listener = getattr(self.launcher, "listener", None)
+            if listener is None and self.global_rank == 0 and env.source == "slurm":
+                listener = listen_socket(env.master_addr, env.master_port)
+            master = listener is not None
+            kwargs["store"] = dist.TCPStore(
+                env.master_addr, env.master_port, self.world_size if master else None, master, self.timeout,
+                wait_for_workers=False, **({"master_listen_fd": listener.detach()} if master else {}))
+            if self.launcher is not None:
+                self.launcher.listener = None  # the store owns the socket now
+        dist.init_process_group(**kwargs)
+
+    def destroy_process_group(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ---- collectives ------------------------------------------------------
+    def _live(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def barrier(self, name: str | None = None) -> None:
+        if not self._live():
+            return
+        if self.process_group_backend == "nccl":
+            dist.barrier(device_ids=[self.root_device.index])
+        else:
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not self._live():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src, device=self.root_device if self.root_device.type == "cuda" else None)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self._live():
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_gather(self, tensor: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Each tensor in ``tensor`` (a tensor or a collection) becomes a stack of every rank's copy: shape (W, ...)."""
+        if not self._live():
+            return tensor
+        return _apply_to_tensors(tensor, lambda t: _gather(t, group, sync_grads))
+
+    def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
+        """All-reduce a tensor across ranks ("mean", "sum", "max", "min" or a ``ReduceOp``); other values pass."""
+        if not isinstance(tensor, torch.Tensor) or not self._live():
+            return tensor
+        mean = False
+        if reduce_op is None or isinstance(reduce_op, str):
+            name = (reduce_op or "mean").lower()
+            if name not in _OPS:
+                raise ValueError(f"reduce_op={reduce_op!r} is not supported; allowed: {', '.join(_OPS)}.")
+            mean = name in ("mean", "avg")
+            op = getattr(dist.ReduceOp, _OPS[name])
+        else:
+            op = reduce_op
+        out = tensor.detach().clone()
+        if mean and not out.is_floating_point():
+            out = out.float()
+        dist.all_reduce(out, op=op, group=group)
+        if mean:
+            out = out / (dist.get_world_size(group) if group is not None else self.world_size)
+        return out
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        if not self._live():
+            return decision
+        votes = torch.tensor(int(bool(decision)), device=self.root_device)
+        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+        return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    # ---- data -------------------------------------------------------------
+    def distribute_loader(self, loader: Any, stage: str, use_distributed_sampler: bool, overfit: bool = False) -> Any:
+        """Give this rank its share of ``loader`` (a ``DistributedSampler`` or equivalent), as Lightning does."""
+        if not use_distributed_sampler or not isinstance(loader, DataLoader) or self.world_size == 1:
+            return loader
+        if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+            return loader  # an iterable dataset shards itself (it knows its own rank)
+        sampler = loader.sampler
+        if isinstance(sampler, (torch.utils.data.DistributedSampler, _RankShard)):
+            return loader
+        plain_batching = loader.batch_size is not None and type(loader.batch_sampler) is torch.utils.data.BatchSampler
+        if loader.batch_size is None and loader.batch_sampler is not None or not plain_batching \
+                and loader.batch_size is not None:
+            warnings.warn(
+                f"The {stage} DataLoader has a custom batch_sampler ({type(loader.batch_sampler).__name__}); ember "
+                f"keeps it as it is, so each of the {self.world_size} processes reads every batch it yields. Make it "
+                "yield only this rank's batches (trainer.global_rank, trainer.world_size), or pass "
+                "Trainer(use_distributed_sampler=False) to silence this.", UserWarning, stacklevel=3)
+            return loader
+        kwargs = self.distributed_sampler_kwargs
+        if stage == "predict":
+            new: Sampler = _RankShard(sampler, pad=False, **kwargs)  # every sample predicted exactly once
+        elif type(sampler) in (torch.utils.data.RandomSampler, torch.utils.data.SequentialSampler):
+            shuffle = isinstance(sampler, torch.utils.data.RandomSampler) and not overfit
+            new = torch.utils.data.DistributedSampler(loader.dataset, shuffle=shuffle,
+                                                      seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **kwargs)
+        else:
+            warnings.warn(
+                f"The {stage} DataLoader uses a custom sampler ({type(sampler).__name__}). ember keeps it and gives "
+                f"rank r of {self.world_size} the positions r, r+{self.world_size}, ... of what it yields each epoch, "
+                "so the sampler must yield the same sequence on every rank (seed it, e.g. with seed_everything). "
+                "Pass Trainer(use_distributed_sampler=False) if it already shards by rank.", UserWarning, stacklevel=3)
+            new = _RankShard(sampler, pad=True, **kwargs)
+        return _with_sampler(loader, new)
+
+    def teardown(self) -> None:
+        # The process group stays up between fit/validate/test/predict; it ends with the process.
+        return None
+
+
+def _with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
+    """A shallow copy of ``loader`` (subclass, workers, collate_fn and all) that draws indices from ``sampler``."""
+    import copy
+
+    new = copy.copy(loader)
+    # DataLoader forbids re-assigning these after __init__; the copy is fresh and not iterated yet.
+    object.__setattr__(new, "sampler", sampler)
+    object.__setattr__(new, "batch_sampler", torch.utils.data.BatchSampler(sampler, loader.batch_size,
+                                                                           loader.drop_last))
+    object.__setattr__(new, "_iterator", None)
+    return new
+
+
+class _RankShard(Sampler):
+    """Rank r's slice (positions r, r+W, ...) of what another sampler yields this epoch.
+
+    ``pad=True`` repeats the first indices so every rank gets the same count (training
+    must run the same number of steps on every rank); ``pad=False`` (predict) yields each
+    index exactly once, so ranks may differ by one.
+    """
+
+    def __init__(self, sampler: Any, num_replicas: int, rank: int, pad: bool) -> None:
+        self.sampler = sampler
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad = pad
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        if self.pad:
+            return math.ceil(n / self.num_replicas)
+        return len(range(self.rank, n, self.num_replicas))
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = list(self.sampler)
+        if self.pad and indices:
+            total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
+            indices += (indices * math.ceil(total / len(indices)))[: total - len(indices)]
+        return iter(indices[self.rank::self.num_replicas])
+
+
+def _apply_to_tensors(data: Any, fn: Any) -> Any:
+    if isinstance(data, torch.Tensor):
+        return fn(data)
+    if isinstance(data, dict):
+        return type(data)((k, _apply_to_tensors(v, fn)) for k, v in data.items())
+    if isinstance(data, tuple) and hasattr(data, "_fields"):
+        return type(data)(*(_apply_to_tensors(v, fn) for v in data))
+    if isinstance(data, (list, tuple)):
+        return type(data)(_apply_to_tensors(v, fn) for v in data)
+    return data
+
+
+def _gather(tensor: torch.Tensor, group: Any, sync_grads: bool) -> torch.Tensor:
+    tensor = tensor.contiguous()
+    if sync_grads:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.stack(all_gather(tensor, group=group or dist.group.WORLD))
+    size = dist.get_world_size(group)
+    out = [torch.empty_like(tensor) for _ in range(size)]
+    dist.all_gather(out, tensor, group=group)
+    return torch.stack(out)
+
+
+class _StepRouter(torch.nn.Module):
+    """The module DDP/FSDP wraps: its forward runs one of the LightningModule's step methods.
+
+    DDP sets up the gradient all-reduce (and FSDP gathers parameters) in the
+    wrapper's forward, so the step must run through it.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.module, method)(*args, **kwargs)
+
+
+_UNSUPPORTED = ("accelerator", "parallel_devices", "cluster_environment", "checkpoint_io", "precision_plugin",
+                "model_averaging_period", "ddp_comm_wrapper")
+
+
+class DDPStrategy(ParallelStrategy):
+    """``DistributedDataParallel`` on every rank. Extra keyword arguments go to ``DistributedDataParallel``
+    (``find_unused_parameters``, ``static_graph``, ``gradient_as_bucket_view``, ``bucket_cap_mb``, ...)."""
+
+    strategy_name = "ddp"
+    needs_no_sync = True
+
+    def __init__(self, accelerator: Any = None, parallel_devices: Any = None, cluster_environment: Any = None,
+                 checkpoint_io: Any = None, precision_plugin: Any = None, ddp_comm_state: Any = None,
+                 ddp_comm_hook: Any = None, ddp_comm_wrapper: Any = None, model_averaging_period: Any = None,
+                 process_group_backend: str | None = None, timeout: timedelta | None = DEFAULT_TIMEOUT,
+                 start_method: str = "popen", **kwargs: Any) -> None:
+        given = dict(accelerator=accelerator, parallel_devices=parallel_devices,
+                     cluster_environment=cluster_environment, checkpoint_io=checkpoint_io,
+                     precision_plugin=precision_plugin, model_averaging_period=model_averaging_period,
+                     ddp_comm_wrapper=ddp_comm_wrapper)
+        for name in _UNSUPPORTED:
+            if given[name] is not None:
+                raise NotImplementedError(f"DDPStrategy({name}=...) is not implemented in ember; leave it None "
+                                          "(ember picks the devices and the cluster environment itself).")
+        super().__init__(process_group_backend, timeout, start_method)
+        self._ddp_kwargs = kwargs
+        self._comm_hook = ddp_comm_hook
+        self._comm_state = ddp_comm_state
+        self._router: _StepRouter | None = None
+        if start_method != "popen":
+            self.strategy_name = f"ddp_{start_method}"
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        super().setup_module(module)  # device, dtype; self.model = module
+        if not self._live():
+            return module  # not launched yet (Trainer built, fit() not called)
+        self._router = _StepRouter(module)
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        # DDP broadcasts rank 0's parameters and buffers here, so every rank starts from the same weights.
+        self.model = DistributedDataParallel(self._router, device_ids=device_ids, **self._ddp_kwargs)
+        if self._comm_hook is not None:
+            self.model.register_comm_hook(state=self._comm_state, hook=self._comm_hook)
+        return module
+
+    def step_method(self, module: torch.nn.Module, name: str) -> Any:
+        if name != "training_step" or self._router is None:
+            return getattr(module, name)  # evaluation needs no gradient sync
+        ddp = self.model
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            return ddp("training_step", *args, **kwargs)
+
+        return training_step
+
+    def no_backward_sync(self, enabled: bool) -> ContextManager[Any]:
+        # DDP decides at forward time whether the next backward all-reduces, so the loop enters this
+        # context around the forward as well as the backward of every step that does not step the optimizer.
+        if enabled and self._router is not None:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def teardown(self) -> None:
+        # Unwrap: the next fit/validate/test wraps again (and re-broadcasts rank 0's weights).
+        if self._router is not None:
+            self.model = self._router.module
+        self._router = None

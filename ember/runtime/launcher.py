@@ -1,0 +1,466 @@
+"""Where the processes of a distributed run come from, and how they die together.
+
+Three sources, one per class below:
+
+- ``ClusterEnvironment.detect()`` reads who started this process: torchrun
+  (``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/``MASTER_*``), SLURM's ``srun``
+  (``SLURM_PROCID``/``SLURM_LOCALID``/``SLURM_NODEID``/``SLURM_NTASKS``), or an
+  ember launcher (the same variables plus ``EMBER_LAUNCHER_PID``). Nothing set
+  means ember starts the processes itself.
+- ``ScriptLauncher`` (``strategy="ddp"``): the running process becomes local
+  rank 0 and starts ranks 1..N-1 by running the same command line again with
+  the rank variables set, as ``torchrun`` would.
+- ``SpawnLauncher`` (``strategy="ddp_spawn"``): ``torch.multiprocessing``
+  starts N fresh workers that receive the pickled Trainer; rank 0 sends the
+  trained weights and results back to the calling process.
+
+Failure handling (the bounds are documented in docs/scaling.md):
+
+- a rank that raises exits non-zero with its traceback on stderr; the launching
+  process notices within ``POLL_S`` seconds, kills the other ranks and exits
+  with that code;
+- a rank killed by a signal is noticed the same way;
+- if the launching process itself dies, every child notices within
+  ``POLL_S`` seconds that its parent is gone and exits.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+POLL_S = 0.2  # how often parents look at children and children at their parent
+# The documented bound (docs/scaling.md): after any rank dies, by an exception or SIGKILL, the whole job
+# has exited non-zero within this many seconds. Detection takes POLL_S or less; the rest is process exit.
+FAILURE_EXIT_BOUND_S = 10.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _log(message: str) -> None:
+    print(f"ember: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- who started us
+@dataclass(frozen=True)
+class ClusterEnvironment:
+    """This process's place in the job, as told by whoever started it."""
+
+    source: str  # "local" (nobody yet), "ember", "torchrun" or "slurm"
+    world_size: int = 1
+    global_rank: int = 0
+    local_rank: int = 0
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+
+    @property
+    def launched(self) -> bool:
+        """True when the processes already exist (ember must not start any)."""
+        return self.source != "local"
+
+    @staticmethod
+    def detect(env: dict[str, str] | None = None) -> "ClusterEnvironment":
+        env = os.environ if env is None else env
+        if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+            source = "ember" if "EMBER_LAUNCHER_PID" in env else "torchrun"
+            world = int(env["WORLD_SIZE"])
+            local_world = int(env.get("LOCAL_WORLD_SIZE", 0)) or None
+            rank = int(env["RANK"])
+            node = env.get("NODE_RANK", env.get("GROUP_RANK"))
+            if node is None:
+                node = str(rank // local_world) if local_world else "0"
+            return ClusterEnvironment(source, world, rank, int(env["LOCAL_RANK"]), int(node),
+                                      env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 0)))
+        if _slurm_manages_tasks(env):
+            return ClusterEnvironment(
+                "slurm", int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)),
+                int(env.get("SLURM_NODEID", 0)), env.get("MASTER_ADDR") or _first_slurm_host(env),
+                int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
+        return ClusterEnvironment("local", node_rank=int(env.get("NODE_RANK", 0)),
+                                  master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                                  master_port=int(env.get("MASTER_PORT", 0)))
+
+
+def _slurm_manages_tasks(env: Any) -> bool:
+    # One SLURM task is a batch script or an interactive shell: ember then launches the local processes itself.
+    # Several tasks mean `srun` already started one process per device.
+    if "SLURM_NTASKS" not in env or "SLURM_PROCID" not in env:
+        return False
+    if env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return False
+    return int(env["SLURM_NTASKS"]) > 1
+
+
+def _first_slurm_host(env: Any) -> str:
+    """The first host of ``SLURM_NODELIST`` ("node[03-05,7],gpu1" -> "node03"), where rank 0 runs."""
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
+    first, depth = "", 0
+    for ch in nodes:
+        if ch == "," and depth == 0:
+            break
+        depth += ch == "["
+        depth -= ch == "]"
+        first += ch
+    if "[" not in first:
+        return first
+    prefix, rest = first.split("[", 1)
+    head = rest.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + head
+
+
+def is_loopback(addr: str) -> bool:
+    return addr in LOOPBACK or addr.startswith("127.")
+
+
+def loopback_interface() -> str | None:
+    """Name of the loopback network interface ("lo" on Linux, "lo0" on macOS)."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    for name in ("lo", "lo0"):
+        if name in names:
+            return name
+    return None
+
+
+def listen_socket(addr: str, port: int = 0) -> socket.socket:
+    """A listening TCP socket for the rendezvous store; port 0 picks a free one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1" if is_loopback(addr) else "", port))
+    sock.listen(512)
+    return sock
+
+
+# --------------------------------------------------------------------------- children watch their parent
+_watching_parent = False
+
+
+def watch_parent(parent_pid: int, rank: int) -> None:
+    """Exit this process soon after ``parent_pid`` dies (it would otherwise hang in a collective)."""
+    global _watching_parent
+    if _watching_parent or parent_pid <= 1:
+        return
+    _watching_parent = True
+
+    def run() -> None:
+        while True:
+            time.sleep(POLL_S)
+            if os.getppid() != parent_pid:
+                _log(f"rank {rank}: the launching process (pid {parent_pid}) is gone; exiting.")
+                os._exit(1)
+
+    if os.getppid() != parent_pid:
+        _log(f"rank {rank}: the launching process (pid {parent_pid}) is already gone; exiting.")
+        os._exit(1)
+    threading.Thread(target=run, name="ember-parent-watch", daemon=True).start()
+
+
+# --------------------------------------------------------------------------- ddp: re-run the script
+def script_command() -> list[str]:
+    """The command line that started this process, to be run again for the other ranks."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return [sys.executable, "-m", name, *sys.argv[1:]]
+    script = sys.argv[0] if sys.argv else ""
+    if not script or script == "-c" or not os.path.isfile(script):
+        raise RuntimeError(
+            "Trainer(strategy='ddp') starts the other processes by running this program's command line again, but "
+            f"this process was not started from a script file (sys.argv[0]={script!r}, e.g. `python -c` or an "
+            "interactive session). Run a script, launch it with torchrun, or use strategy='ddp_spawn'."
+        )
+    return [sys.executable, os.path.abspath(script), *sys.argv[1:]]
+
+
+class ScriptLauncher:
+    """Rank 0 is this process; ranks 1..N-1 run the same command line with their rank in the environment."""
+
+    start_method = "popen"
+
+    def __init__(self, num_processes: int, num_nodes: int) -> None:
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
+        self.children: list[subprocess.Popen] = []
+        self.listener: socket.socket | None = None  # the store's socket, bound before any child starts
+        self._launched = False
+        self._lock = threading.Lock()
+        self._done = False
+        self.first_failure: tuple[int, int] | None = None  # (local rank, exit code) of the first child that failed
+
+    def should_launch(self) -> bool:
+        return not self._launched and not ClusterEnvironment.detect().launched
+
+    def launch(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._start_children()
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            # The other ranks wait for this one in their next collective: stop them now, not at the timeout.
+            self.stop_children(grace=1.0)
+            raise
+
+    def _start_children(self) -> None:
+        env = ClusterEnvironment.detect()
+        node_rank = env.node_rank
+        addr = env.master_addr
+        if self.num_nodes > 1 and ("MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ):
+            raise RuntimeError(
+                f"Trainer(num_nodes={self.num_nodes}) without torchrun or SLURM needs MASTER_ADDR, MASTER_PORT and "
+                "NODE_RANK set on every node before the script starts (see docs/scaling.md); or launch with torchrun."
+            )
+        port = env.master_port
+        if node_rank == 0:
+            self.listener = listen_socket(addr, port)
+            port = self.listener.getsockname()[1]
+        world = self.num_processes * self.num_nodes
+        command = script_command()
+        shared = {
+            "MASTER_ADDR": addr, "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "NODE_RANK": str(node_rank),
+            "LOCAL_WORLD_SIZE": str(self.num_processes), "EMBER_LAUNCHER_PID": str(os.getpid()),
+        }
+        if is_loopback(addr) and "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
+            shared["GLOO_SOCKET_IFNAME"] = loopback_interface()  # keep gloo's sockets on 127.0.0.1 too
+        os.environ.update(shared)
+        os.environ.update(RANK=str(node_rank * self.num_processes), LOCAL_RANK="0")
+        for local_rank in range(1, self.num_processes):
+            child_env = dict(os.environ, LOCAL_RANK=str(local_rank),
+                             RANK=str(node_rank * self.num_processes + local_rank))
+            self.children.append(subprocess.Popen(command, env=child_env, cwd=os.getcwd()))
+        self._launched = True
+        threading.Thread(target=self._watch_children, name="ember-child-watch", daemon=True).start()
+        _install_exit_handlers(self)
+
+    # ---- failure handling -------------------------------------------------
+    def failed_child(self) -> tuple[int, int] | None:
+        """(local rank, exit code) of the first child that exited with an error, if any."""
+        for i, proc in enumerate(self.children, start=1):
+            code = proc.poll()
+            if code not in (None, 0):
+                return i, code
+        return None
+
+    def _watch_children(self) -> None:
+        while not self._done:
+            time.sleep(POLL_S)
+            failed = self.failed_child()
+            if failed is None:
+                if all(p.poll() is not None for p in self.children):
+                    return
+                continue
+            with self._lock:
+                if self._done:
+                    return
+                local_rank, code = failed
+                _log(f"local rank {local_rank} (pid {self.children[local_rank - 1].pid}) exited with "
+                     f"{_describe_code(code)}; its error is printed above. Stopping the other ranks.")
+                self.kill_children()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(_exit_code(code))
+
+    def stop_children(self, grace: float = 0.0) -> None:
+        """Kill the other ranks on purpose (rank 0 failed); the watcher must not treat that as their failure.
+
+        ``grace``: seconds to let a child that is already dying (whose crash broke rank 0's collective)
+        finish printing its traceback and exit, so its exit code can be reported.
+        """
+        with self._lock:
+            deadline = time.monotonic() + grace
+            while not self._done and self.failed_child() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self._done:  # what failed before our own kill, not the kill itself
+                self.first_failure = self.failed_child()
+            self._done = True
+        self.kill_children()
+
+    def kill_children(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                try:
+                    proc.kill()  # SIGKILL: a rank blocked in a collective ignores gentler signals
+                except OSError:
+                    pass
+        for proc in self.children:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def wait_children(self, timeout: float) -> int:
+        """At a clean exit of rank 0: let the other ranks finish; return the worst exit code."""
+        deadline = time.monotonic() + timeout
+        worst = 0
+        for proc in self.children:
+            try:
+                code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                _log(f"pid {proc.pid} did not finish {timeout:.0f} s after rank 0; killing it.")
+                proc.kill()
+                code = proc.wait()
+            if code != 0 and worst == 0:
+                worst = _exit_code(code)
+        return worst
+
+
+def _describe_code(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _exit_code(code: int) -> int:
+    return 128 - code if code < 0 else code
+
+
+def _install_exit_handlers(launcher: ScriptLauncher) -> None:
+    """Uncaught error on rank 0: kill the children first. Clean exit: wait for them and keep their exit code."""
+    previous = sys.excepthook
+
+    def excepthook(kind: Any, value: Any, tb: Any) -> None:
+        launcher.stop_children(grace=1.0)
+        failed = launcher.first_failure
+        previous(kind, value, tb)
+        if failed is not None:
+            _log(f"local rank {failed[0]} had already exited with {_describe_code(failed[1])}; its error (printed "
+                 "above) is the likely cause of the error on rank 0.")
+
+    sys.excepthook = excepthook
+
+    def at_exit() -> None:
+        with launcher._lock:
+            if launcher._done:
+                return
+            launcher._done = True
+        timeout = float(os.environ.get("EMBER_CHILD_EXIT_TIMEOUT", "60"))
+        code = launcher.wait_children(timeout)
+        if code:
+            _log(f"another rank failed (exit status {code}); so does this job.")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    atexit.register(at_exit)
+
+
+# --------------------------------------------------------------------------- ddp_spawn
+class SpawnLauncher:
+    """N fresh processes via ``torch.multiprocessing``; rank 0's results come back to the caller."""
+
+    def __init__(self, num_processes: int, num_nodes: int, start_method: str = "spawn") -> None:
+        if num_nodes > 1:
+            raise ValueError(f"Trainer(strategy='ddp_{start_method}', num_nodes={num_nodes}): processes started "
+                             "this way stay on one machine; use strategy='ddp' with torchrun or SLURM for several.")
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
+        self.start_method = start_method
+        self.in_worker = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def should_launch(self) -> bool:
+        return not self.in_worker and not ClusterEnvironment.detect().launched
+
+    def launch(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        import torch.multiprocessing as mp
+
+        trainer = fn.__self__  # fn is Trainer._run: the whole trainer travels to every worker
+        listener = listen_socket("127.0.0.1")
+        port = listener.getsockname()[1]
+        # The caller hosts the rendezvous store, so it outlives any single worker and binds to 127.0.0.1 only.
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        store = dist.TCPStore("127.0.0.1", port, None, True, timedelta(seconds=300), wait_for_workers=False,
+                              master_listen_fd=listener.detach())  # the store owns (and closes) the socket now
+        with tempfile.TemporaryDirectory(prefix="ember-spawn-") as tmp:
+            result_path = os.path.join(tmp, "rank0.pt")
+            mp.start_processes(_spawned_worker, args=(trainer, fn.__name__, args, kwargs, port, result_path,
+                                                      os.getpid()),
+                               nprocs=self.num_processes, join=True, start_method=self.start_method)
+            del store
+            import torch
+
+            payload = torch.load(result_path, weights_only=False)
+        return _apply_rank0_payload(trainer, payload)
+
+
+def _spawned_worker(local_rank: int, trainer: Any, method: str, args: tuple, kwargs: dict, port: int,
+                    result_path: str, parent_pid: int) -> None:
+    n = trainer.strategy.launcher.num_processes
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(n), RANK=str(local_rank),
+                      LOCAL_RANK=str(local_rank), NODE_RANK="0", LOCAL_WORLD_SIZE=str(n),
+                      EMBER_LAUNCHER_PID=str(parent_pid))
+    if "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
+    watch_parent(parent_pid, local_rank)
+    trainer.strategy.launcher.in_worker = True
+    trainer.strategy._spawned_store_port = port
+    result = getattr(trainer, method)(*args, **kwargs)
+    if local_rank == 0:
+        import torch
+
+        torch.save(_rank0_payload(trainer, result), result_path)
+    trainer.strategy.barrier("spawn-end")
+    trainer.strategy.destroy_process_group()
+
+
+def _to_cpu(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _rank0_payload(trainer: Any, result: Any) -> dict[str, Any]:
+    """What the caller's Trainer and model need to look as if they had trained themselves."""
+    module = trainer.lightning_module
+    return {
+        "result": _to_cpu(result),
+        "state_dict": _to_cpu(trainer.strategy.lightning_module_state_dict(module)),
+        "counters": {k: getattr(trainer, k) for k in ("current_epoch", "global_step", "_batches_that_stepped",
+                                                      "_total_batches_run", "should_stop", "_interrupted")},
+        "metrics": {k: _to_cpu(getattr(trainer._metrics, k)) for k in ("callback_metrics", "logged_metrics",
+                                                                         "progress_bar_metrics")},
+        "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()},
+    }
+
+
+def _apply_rank0_payload(trainer: Any, payload: dict[str, Any]) -> Any:
+    module = trainer.lightning_module
+    if module is not None:
+        module.load_state_dict(payload["state_dict"])
+    for key, value in payload["counters"].items():
+        setattr(trainer, key, value)
+    for key, value in payload["metrics"].items():
+        target = getattr(trainer._metrics, key)
+        target.clear()
+        target.update(value)
+    states = payload["callbacks"]
+    for cb in trainer.callbacks:
+        if cb.state_key in states:
+            cb.load_state_dict(states[cb.state_key])
+            for attr in ("best_model_path", "last_model_path"):  # ModelCheckpoint: the files rank 0 wrote
+                if attr in states[cb.state_key]:
+                    setattr(cb, attr, states[cb.state_key][attr])
+    return payload["result"]

@@ -1,0 +1,58 @@
+"""Run the job scripts in tests/distributed/jobs as subprocesses, with a bounded time and a clean environment."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOBS = os.path.join(HERE, "jobs")
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment minus anything that would make a job think it was launched by torchrun or SLURM."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_", "EMBER_", "GROUP_"))
+           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR",
+                         "MASTER_PORT")}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run(script: str, *args: str, timeout: float, cwd: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run jobs/<script> to completion (or kill it at ``timeout`` seconds) and capture its output."""
+    cmd = [*prefix, sys.executable, os.path.join(JOBS, script), *args]
+    return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(script: str, *args: str, cwd: str, log: str) -> subprocess.Popen:
+    out = open(log, "w")
+    return subprocess.Popen([sys.executable, os.path.join(JOBS, script), *args], cwd=cwd, env=clean_env(),
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def results(out: str, rank: int) -> dict:
+    with open(os.path.join(out, f"rank{rank}.json")) as fh:
+        return json.load(fh)
+
+
+def weights(out: str, name: str, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(os.path.join(out, f"{name}_rank{rank}.pt"), map_location="cpu")
+
+
+def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max over tensors of max|a - b| / max|a| (0 for identical weights)."""
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max() / a[k].double().abs().max().clamp_min(1e-30))
+               for k in a)
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"job failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -1,0 +1,34 @@
+"""Jobs shared by several tests run once per session: process start-up dominates their cost."""
+import pytest
+
+import _djobs as J
+
+
+@pytest.fixture(scope="session")
+def two_rank_job(tmp_path_factory):
+    """features.py on 2 CPU processes (strategy="ddp", gloo), every scenario; the output directory."""
+    out = str(tmp_path_factory.mktemp("ddp2"))
+    J.check(J.run("features.py", out, "--devices", "2", "--batch", "4", timeout=300, cwd=out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def one_rank_job(tmp_path_factory):
+    """The same program on 1 process with twice the batch: the reference for the correctness tests."""
+    out = str(tmp_path_factory.mktemp("ddp1"))
+    J.check(J.run("features.py", out, "--devices", "1", "--batch", "8", "--only", "correctness", timeout=300, cwd=out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def crashed_job(tmp_path_factory):
+    """failure.py: rank 1 raises at global step 8 (mid-epoch 1); a checkpoint was written after every step.
+
+    Returns (output dir, completed process, seconds from start to exit).
+    """
+    import time
+
+    out = str(tmp_path_factory.mktemp("crash"))
+    start = time.monotonic()
+    proc = J.run("failure.py", out, "raise", "1", "8", timeout=120, cwd=out)
+    return out, proc, time.monotonic() - start

@@ -1,0 +1,81 @@
+"""One rank failing takes the whole job down, quickly and loudly, instead of hanging in a collective."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import _djobs as J
+from ember.runtime.launcher import FAILURE_EXIT_BOUND_S
+
+
+def test_a_rank_that_raises_takes_the_job_down_with_its_traceback(crashed_job):
+    _, proc, seconds = crashed_job
+    assert proc.returncode != 0
+    assert seconds < 30
+    assert "Traceback" in proc.stderr and "ValueError: rank 1 fails on purpose at step 8" in proc.stderr
+
+
+def test_rank_zero_raising_stops_the_other_ranks(tmp_path):
+    start = time.monotonic()
+    proc = J.run("failure.py", str(tmp_path), "raise", "0", "3", timeout=120, cwd=str(tmp_path))
+    assert proc.returncode != 0 and time.monotonic() - start < 30
+    assert "ValueError: rank 0 fails on purpose at step 3" in proc.stderr
+
+
+def _wait_for_pids(out: str, job: subprocess.Popen) -> list[int]:
+    deadline = time.monotonic() + 120
+    paths = [os.path.join(out, f"pid{r}") for r in (0, 1)]
+    while not all(os.path.exists(p) and open(p).read() for p in paths):
+        if job.poll() is not None or time.monotonic() > deadline:
+            job.kill()
+            pytest.fail(f"the job never started training (exit {job.poll()}):\n" + open(os.path.join(out, "log")).read())
+        time.sleep(0.1)
+    time.sleep(0.3)  # both ranks are inside the training loop now
+    return [int(open(p).read()) for p in paths]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited; it only waits to be reaped
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def test_a_sigkilled_rank_makes_the_job_exit_nonzero_within_the_documented_bound(tmp_path):
+    out = str(tmp_path)
+    job = J.start("failure.py", out, "hang", cwd=out, log=os.path.join(out, "log"))
+    try:
+        _, child = _wait_for_pids(out, job)
+        killed = time.monotonic()
+        os.kill(child, signal.SIGKILL)
+        code = job.wait(timeout=FAILURE_EXIT_BOUND_S + 20)
+        seconds = time.monotonic() - killed
+    finally:
+        job.kill()
+    assert code != 0
+    assert seconds < FAILURE_EXIT_BOUND_S, f"{seconds:.1f} s"
+
+
+def test_killing_the_launching_process_stops_the_other_ranks_within_the_bound(tmp_path):
+    out = str(tmp_path)
+    job = J.start("failure.py", out, "hang", cwd=out, log=os.path.join(out, "log"))
+    try:
+        launcher, child = _wait_for_pids(out, job)
+        assert launcher == job.pid
+        killed = time.monotonic()
+        os.kill(launcher, signal.SIGKILL)
+        assert job.wait(timeout=10) == -signal.SIGKILL
+        while _alive(child) and time.monotonic() - killed < FAILURE_EXIT_BOUND_S + 20:
+            time.sleep(0.05)
+        seconds = time.monotonic() - killed
+    finally:
+        job.kill()
+    assert not _alive(child)
+    assert seconds < FAILURE_EXIT_BOUND_S, f"{seconds:.1f} s"
