@@ -153,6 +153,12 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         loader_state = _loader_state(trainer.train_dataloader)
         if loader_state is not None:
             info["train_loader_state"] = loader_state
+        if trainer.world_size > 1:
+            # Distributed (issue 5): each rank has its own RNG stream (dropout), logged values and, inside an
+            # accumulation window, its own unsynced gradients; keep every rank's copy. A collective: every
+            # rank builds the checkpoint, rank 0 writes it.
+            mine = {k: info.get(k) for k in _PER_RANK}
+            info["per_rank"] = trainer.strategy.all_gather_object(mine)
     if module.hparams:
         ckpt["hparams_name"] = "kwargs"
         ckpt["hyper_parameters"] = dict(module.hparams)
@@ -167,6 +173,9 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     else:
         module.on_save_checkpoint(ckpt)
     return ckpt
+
+
+_PER_RANK = ("rng", "epoch_start_rng", "metrics", "grads")  # what differs between ranks under DDP
 
 
 def _position(trainer: Any) -> dict[str, Any]:
@@ -418,6 +427,9 @@ def restore_training_state(trainer: Any, path: str, weights_only: bool | None = 
         dm.load_state_dict(ckpt[type(dm).__qualname__])
 
     info = ckpt.get("ember") or _from_lightning(ckpt, path)
+    per_rank = info.get("per_rank")
+    if per_rank and len(per_rank) == trainer.world_size:  # same number of ranks: each takes back its own
+        info = {**info, **{k: v for k, v in per_rank[trainer.global_rank].items() if v is not None}}
     trainer.global_step = ckpt["global_step"]
     trainer.current_epoch = ckpt["epoch"]
     trainer._batches_that_stepped = info.get("batches_that_stepped", ckpt["global_step"])
