@@ -116,7 +116,8 @@ class ModelCheckpoint(Callback):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.dirpath is None or self._dirpath_is_default:
-            self.dirpath = self._default_dirpath(trainer)
+            # Distributed: rank 0's choice (its logger version) is every rank's, so all ranks name the same files.
+            self.dirpath = trainer.strategy.broadcast(self._default_dirpath(trainer))
             self._dirpath_is_default = True
         if trainer.is_global_zero and stage == "fit" and os.path.isdir(self.dirpath):
             from ..checkpoint import remove_stale_temp_files
