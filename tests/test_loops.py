@@ -1,0 +1,147 @@
+"""Loop behaviour that needs no Lightning to check (the parity suite covers the rest)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import ember as L
+
+QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+
+
+def _data(n=8):
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+    return TensorDataset(x, x.sum(1, keepdim=True))
+
+
+class Net(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class WithVal(Net):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1]))
+
+
+def test_validation_step_without_val_loader_warns_and_trains():
+    with pytest.warns(UserWarning, match="defines validation_step but no val dataloader"):
+        trainer = L.Trainer(max_epochs=1, **QUIET)
+        trainer.fit(WithVal(), DataLoader(_data(), batch_size=4))
+    assert trainer.global_step == 2
+
+
+def test_val_loader_without_validation_step_warns_and_skips_it():
+    called = []
+
+    class Loaders(Net):
+        def val_dataloader(self):
+            called.append(True)
+            return DataLoader(_data(), batch_size=4)
+
+    with pytest.warns(UserWarning, match="no validation_step"):
+        L.Trainer(max_epochs=1, **QUIET).fit(Loaders(), DataLoader(_data(), batch_size=4))
+    assert not called  # the hook is not even called, as in Lightning
+
+
+class _Slow(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.ones(2), torch.ones(1)
+
+
+def test_few_workers_is_a_warning_never_an_error():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = L.Trainer(max_epochs=1, **QUIET)
+        trainer.fit(Net(), DataLoader(_Slow(), batch_size=2, num_workers=0))
+    assert trainer.global_step == 2
+    assert any("num_workers=0" in str(w.message) for w in caught)
+
+
+def test_fit_with_no_training_data_names_the_ways_to_give_it():
+    with pytest.raises(ValueError, match="found no training data"):
+        L.Trainer(max_epochs=1, **QUIET).fit(Net())
+
+
+def test_fit_in_eval_mode_warns_and_keeps_the_mode():
+    model = Net()
+    model.eval()
+    with pytest.warns(UserWarning, match="eval mode"):
+        L.Trainer(max_epochs=1, **QUIET).fit(model, DataLoader(_data(), batch_size=4))
+    assert not model.training  # Lightning does not call .train() either
+
+
+def test_manual_optimization_refuses_accumulation_and_trainer_clipping():
+    class Manual(Net):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            self.manual_backward(super().training_step(batch, batch_idx))
+            opt.step()
+            opt.zero_grad()
+
+    with pytest.raises(ValueError, match="accumulate_grad_batches"):
+        L.Trainer(max_epochs=1, accumulate_grad_batches=2, **QUIET).fit(Manual(), DataLoader(_data(), batch_size=4))
+    with pytest.raises(ValueError, match="gradient_clip_val"):
+        L.Trainer(max_epochs=1, gradient_clip_val=1.0, **QUIET).fit(Manual(), DataLoader(_data(), batch_size=4))
+    trainer = L.Trainer(max_epochs=1, **QUIET)
+    trainer.fit(Manual(), DataLoader(_data(), batch_size=4))
+    assert trainer.global_step == 2  # every opt.step() counts
+
+
+def test_manual_backward_under_automatic_optimization_is_an_error():
+    class Wrong(Net):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.manual_backward(loss)
+            return loss
+
+    with pytest.raises(RuntimeError, match="manual_backward.*manual optimization"):
+        L.Trainer(max_epochs=1, **QUIET).fit(Wrong(), DataLoader(_data(), batch_size=4))
+
+
+def test_clipping_arguments_must_agree_with_the_trainer():
+    class Clips(Net):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            self.clip_gradients(optimizer, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+
+    with pytest.raises(ValueError, match="disagree"):
+        L.Trainer(max_epochs=1, gradient_clip_val=1.0, **QUIET).fit(Clips(), DataLoader(_data(), batch_size=4))
+
+
+def test_sanity_check_does_not_change_the_training_rng():
+    # Shuffled training data must come in the same order with and without a sanity check (Lightning isolates it).
+    def order(sanity):
+        seen = []
+
+        class Spy(WithVal):
+            def training_step(self, batch, batch_idx):
+                seen.append(batch[0][:, 0].tolist())
+                return super().training_step(batch, batch_idx)
+
+            def validation_step(self, batch, batch_idx):
+                torch.rand(3)  # consumes random numbers
+
+        L.seed_everything(3)
+        trainer = L.Trainer(max_epochs=1, num_sanity_val_steps=sanity, **QUIET)
+        trainer.fit(Spy(), DataLoader(_data(), batch_size=2, shuffle=True), DataLoader(_data(), batch_size=2))
+        return seen
+
+    assert order(0) == order(2)
