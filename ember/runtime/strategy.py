@@ -128,6 +128,13 @@ class Strategy:
 
             save_atomic(checkpoint, filepath)
 
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        """A checkpoint that is a directory (a sharded save); single files go through ember.checkpoint.load_file."""
+        from ..checkpoint import CheckpointError
+
+        raise CheckpointError(f"Checkpoint {path!r} is a directory: a sharded checkpoint, which only "
+                              "FSDPStrategy(state_dict_type='sharded') can read.")
+
     def remove_checkpoint(self, filepath: str) -> None:
         if self.is_global_zero and os.path.isfile(filepath):
             os.remove(filepath)
