@@ -394,7 +394,10 @@ def restore_training_state(trainer: Any, path: str, weights_only: bool | None = 
     ``trainer._mid_epoch_resume`` for ``open_train_batches``.
     """
     module = trainer.lightning_module
-    ckpt = load_file(path, map_location=trainer.strategy.root_device, weights_only=weights_only)
+    if os.path.isdir(path):  # a sharded checkpoint (FSDP state_dict_type="sharded"): the strategy reads it
+        ckpt = trainer.strategy.load_checkpoint(path)
+    else:
+        ckpt = load_file(path, map_location=trainer.strategy.root_device, weights_only=weights_only)
     if "optimizer_states" not in ckpt:
         raise CheckpointError(
             f"Checkpoint {path!r} holds only the model weights (saved with weights_only=True or "
