@@ -24,7 +24,7 @@ _LAZY = {
     "NonFiniteLossError": ".loop",
 }
 _SUBMODULES = {"callbacks", "loggers", "tuner", "utilities", "checkpoint", "runtime", "loop", "hooks", "module",
-               "trainer", "datamodule", "optim", "logging"}
+               "trainer", "datamodule", "optim", "logging", "strategies"}
 
 __all__ = [*_LAZY, "__version__"]
 

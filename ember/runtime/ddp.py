@@ -107,8 +107,7 @@ class ParallelStrategy(Strategy):
         launcher_pid = int(os.environ.get("EMBER_LAUNCHER_PID", 0))
         if env.source == "ember" and launcher_pid != os.getpid():
             watch_parent(launcher_pid, self.global_rank)  # a child of ember's launcher dies with it
-        backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
-        self.process_group_backend = backend
+        backend = self.process_group_backend = self.backend()
         if is_loopback(env.master_addr) and "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
             os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()  # a single machine never leaves 127.0.0.1
         kwargs: dict[str, Any] = {"backend": backend, "rank": self.global_rank, "world_size": self.world_size,
@@ -130,6 +129,10 @@ class ParallelStrategy(Strategy):
             if self.launcher is not None:
                 self.launcher.listener = None  # the store owns the socket now
         dist.init_process_group(**kwargs)
+
+    def backend(self) -> str:
+        """``process_group_backend`` if given; otherwise nccl on CUDA, gloo on the CPU."""
+        return self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
 
     def destroy_process_group(self) -> None:
         if dist.is_available() and dist.is_initialized():
