@@ -94,7 +94,10 @@ class _Entry:
     def fold(self) -> None:
         if not self.pending:
             return
-        values = torch.stack([v.to(torch.float64) for v, _ in self.pending])
+        raw = [v for v, _ in self.pending]
+        if any(v.dtype is not raw[0].dtype for v in raw):
+            raw = [v.to(torch.float64) for v in raw]
+        values = torch.stack(raw).to(torch.float64)  # one cast for the lot, not one per value
         weights = torch.tensor([w for _, w in self.pending], dtype=torch.float64, device=values.device)
         if self.reduce == "mean":
             part = (values * weights).sum()
@@ -188,6 +191,7 @@ class MetricStore:
         self._pbar: dict[str, Any] = {}
         self._reduce_fn = reduce_fn
         self._stepped_keys: list[_Entry] = []  # entries of the stage logged on step: loggers may want them
+        self._fast: dict[tuple, _Entry] = {}  # the exact call -> its entry, in the current stage and phase
 
     # ---- kept for code that sets the defaults directly --------------------------
     @property
@@ -269,6 +273,7 @@ class MetricStore:
             self.refresh()
         self.stage = stage
         self.phase = phase
+        self._fast = {}  # entries are per stage and phase
         if stage is not None:
             self.entries = self._by_stage.setdefault(stage, {})
             self._stepped_keys = [e for e in self.entries.values() if e.on_step]
@@ -290,6 +295,7 @@ class MetricStore:
         """A new trainer run: nothing logged before is visible (Lightning resets results and views)."""
         self._by_stage.clear()
         self.entries = {}
+        self._fast = {}
         self._stepped_keys = []
         self._callback = {}
         self._logged = {}
@@ -299,9 +305,33 @@ class MetricStore:
         self.dataloader_idx = None
 
     # ---- called from LightningModule.log --------------------------------------------
-    def log(self, module: Any, name: str, value: Any, *, prog_bar: bool, logger: bool, on_step: bool | None,
+    def log(self, module: Any, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None,
             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, sync_dist: bool, add_dataloader_idx: bool,
             batch_size: int | None) -> None:
+        # Fast path: the same call as before at the same place (the common case, once per step per metric)
+        # skips the checks and key building below; only the value is looked at.
+        fast_key = (name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx,
+                    self.dataloader_idx)
+        entry = self._fast.get(fast_key)
+        if (entry is not None and type(value) is torch.Tensor and not enable_graph and value.ndim == 0
+                and (value.dtype is torch.float32 or value.dtype is torch.float64)):
+            value = value.detach()
+            if entry.on_epoch and batch_size is None:
+                batch_size = 1
+                if entry.reduce == "mean":
+                    batch = self.current_batch
+                    if batch is not self._sized_batch:
+                        self._sized_batch = batch
+                        self._batch_size = extract_batch_size(batch)
+                    batch_size = self._batch_size
+            entry.update(value, batch_size or 1)
+            return
+        self._log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist,
+                  add_dataloader_idx, batch_size, fast_key)
+
+    def _log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
+             reduce_fx: Any, enable_graph: bool, sync_dist: bool, add_dataloader_idx: bool, batch_size: int | None,
+             fast_key: tuple) -> None:
         stage = self.stage
         if stage == "predict":
             raise RuntimeError(f"self.log({name!r}, ...) is not supported during predict; return values from "
@@ -362,6 +392,8 @@ class MetricStore:
             )
         if sync_dist and self._reduce_fn is not None and not is_metric:
             value = self._reduce_fn(value, reduce)
+        elif not is_metric:
+            self._fast[fast_key] = entry  # next time this exact call goes straight to the update
         if on_epoch and not is_metric and batch_size is None:
             batch_size = 1
             if reduce == "mean":
@@ -428,6 +460,7 @@ class MetricStore:
             entry.pending = list(zip(saved["pending_values"], saved["pending_weights"]))
             train[tuple(saved["key"])] = entry
         self._by_stage["train"] = train
+        self._fast = {}
         if self.stage == "train":
             self.entries = train
             self._stepped_keys = [e for e in train.values() if e.on_step]

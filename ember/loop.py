@@ -494,18 +494,31 @@ def _evaluate(trainer: Any, module: Any, stage: str, loaders: list[Any], limits:
     hooks.call(f"{prefix}_epoch_start")
     seen = trainer._eval_steps_seen
     outputs = []
+    # Resolved once per run: the per-batch body below only calls what is there.
+    on_batch_start = hooks.listeners(f"{prefix}_batch_start")
+    on_batch_end = hooks.listeners(f"{prefix}_batch_end")
+    precision = trainer.precision
+    forward_context = precision.has_forward_context
+    move = trainer._batch_hooks or trainer.strategy.root_device.type != "cpu" or precision.param_dtype is not None
+    counting = not trainer.sanity_checking
     for dl_idx, loader in enumerate(loaders):
         metrics.enter(stage, "batch")
         metrics.dataloader_idx = dl_idx if multi else None
         extra = (dl_idx,) if multi else ()
         for batch_idx, batch in batches(loader, limits[dl_idx]):
-            batch = prepare_batch(trainer, module, batch, dl_idx)
+            if move:
+                batch = prepare_batch(trainer, module, batch, dl_idx)
             metrics.current_batch = batch
-            hooks.call(f"{prefix}_batch_start", batch, batch_idx, *extra)
-            with trainer.precision.autocast():
+            for fn in on_batch_start:
+                fn(batch, batch_idx, *extra)
+            if forward_context:
+                with precision.autocast():
+                    out = step(batch, batch_idx, *extra)
+            else:
                 out = step(batch, batch_idx, *extra)
-            hooks.call(f"{prefix}_batch_end", out, batch, batch_idx, *extra)
-            if not trainer.sanity_checking:
+            for fn in on_batch_end:
+                fn(out, batch, batch_idx, *extra)
+            if counting:
                 if metrics._stepped_keys:
                     trainer._publish_step_metrics(eval_stage=stage, dataloader_idx=dl_idx)
                 seen[dl_idx] = seen.get(dl_idx, 0) + 1

@@ -142,11 +142,9 @@ class LightningModule(nn.Module):
         """Record a metric; the Trainer decides when it reaches the logger and the progress bar."""
         if self._trainer is None:
             return  # Lightning ignores log() outside a Trainer run as well
-        self._trainer._metrics.log(
-            self, name, value, prog_bar=prog_bar, logger=True if logger is None else logger,
-            on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx, enable_graph=enable_graph,
-            sync_dist=sync_dist, add_dataloader_idx=add_dataloader_idx, batch_size=batch_size,
-        )
+        # Positional: this runs once per metric per step, keyword passing would cost more than the rest.
+        self._trainer._metrics.log(self, name, value, prog_bar, True if logger is None else logger, on_step, on_epoch,
+                                   reduce_fx, enable_graph, sync_dist, add_dataloader_idx, batch_size)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():

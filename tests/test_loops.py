@@ -63,7 +63,10 @@ class _Slow(Dataset):
         return torch.ones(2), torch.ones(1)
 
 
-def test_few_workers_is_a_warning_never_an_error():
+def test_few_workers_is_a_warning_never_an_error(monkeypatch):
+    import ember.trainer
+
+    monkeypatch.setattr(ember.trainer, "_warned_workers", set())  # the hint is given once per process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = L.Trainer(max_epochs=1, **QUIET)
