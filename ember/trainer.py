@@ -723,6 +723,13 @@ class Trainer:
 
     def _setup_train_data(self, module: LightningModule, train: Any) -> None:
         loader = train if train is not None else self._loader_from(module, "train_dataloader")
+        if isinstance(loader, (list, tuple, dict)) and loader and all(
+                isinstance(dl, torch.utils.data.DataLoader) for dl in (loader.values() if isinstance(loader, dict)
+                                                                     else loader)):
+            # Lightning zips several train loaders (CombinedLoader); ember does not, so say so instead of
+            # failing later inside training_step.
+            raise ValueError(f"ember trains from one dataloader; got a {type(loader).__name__} of "
+                             f"{len(loader)}. Combine the datasets (e.g. torch.utils.data.ConcatDataset) into one loader.")
         if loader is None:
             raise ValueError(
                 "Trainer.fit() found no training data: pass train_dataloaders=DataLoader(...), a datamodule, or define "

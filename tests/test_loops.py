@@ -148,3 +148,9 @@ def test_sanity_check_does_not_change_the_training_rng():
         return seen
 
     assert order(0) == order(2)
+
+
+def test_several_train_loaders_are_refused_clearly():
+    loaders = [DataLoader(_data(), batch_size=4), DataLoader(_data(), batch_size=4)]
+    with pytest.raises(ValueError, match="trains from one dataloader"):
+        L.Trainer(max_epochs=1, **QUIET).fit(Net(), loaders)

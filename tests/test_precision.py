@@ -75,3 +75,9 @@ def test_bf16_mixed_autocasts_the_step_on_cpu():
     x = torch.randn(4, 2)
     L.Trainer(max_epochs=1, precision="bf16-mixed", **QUIET).fit(Net(), DataLoader(TensorDataset(x), batch_size=2))
     assert dtypes == [torch.bfloat16, torch.bfloat16]
+
+
+def test_trainer_precision_compares_and_prints_as_its_name():
+    trainer = L.Trainer(precision="bf16", **QUIET)
+    assert trainer.precision == "bf16-mixed" and str(trainer.precision) == "bf16-mixed"
+    assert trainer.precision != "32-true"

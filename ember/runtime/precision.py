@@ -79,6 +79,24 @@ class Precision:
         elif self.name == "64-true":
             self.param_dtype = torch.float64
 
+    # Lightning's trainer.precision is the setting's name ("32-true"); this object compares and prints as it.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (str, int)):
+            try:
+                return canonical(other) == self.name
+            except ValueError:
+                return False
+        return self is other
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Precision({self.name!r})"
+
     @property
     def has_forward_context(self) -> bool:
         """Whether ``autocast()`` does anything; when not, the loop skips entering it."""

@@ -245,3 +245,29 @@ def test_datamodule_hooks_and_data(tmp_path):
     assert a[0] == b[0]
     assert_same_weights(a[1], b[1])
     assert_same_metrics(a[2][0], b[2][0])
+
+
+def test_default_trainer_same_numbers_and_files(tmp_path):
+    # Everything at its default: progress bar, model summary, TensorBoard logger, ModelCheckpoint.
+    import contextlib
+    import io
+    import os
+
+    from parity_harness import as_plain
+
+    def program(L, tmp_path):
+        root = os.path.join(str(tmp_path), L.__name__)
+        m = boring_class(L)()
+        t = L.Trainer(default_root_dir=root, max_epochs=2)
+        with contextlib.redirect_stderr(io.StringIO()):
+            t.fit(m)
+        files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+                       if not f.startswith("events."))
+        return weights(m), as_plain(t.callback_metrics), as_plain(t.logged_metrics), files
+
+    a, b = run_both(program, tmp_path=tmp_path)
+    assert_same_weights(a[0], b[0])
+    assert_same_metrics(a[1], b[1])
+    assert_same_metrics(a[2], b[2])
+    assert a[3] == b[3] == ["lightning_logs/version_0/checkpoints/epoch=1-step=8.ckpt",
+                            "lightning_logs/version_0/hparams.yaml"]
