@@ -112,14 +112,16 @@ def _gan_like_training_step(self, batch, batch_idx):
     self.log("loss_a", loss_a, prog_bar=True)
 
 
-def test_manual_optimization_two_optimizers(tmp_path):
+@pytest.mark.parametrize("form", ["lists", "dicts"])
+def test_manual_optimization_two_optimizers(tmp_path, form):
     def init_head(L):
         def configure(m):
-            if not hasattr(m, "head"):
-                m.head = torch.nn.Linear(1, 1)
             a = torch.optim.SGD(m.layer.parameters(), lr=0.1)
             b = torch.optim.Adam(m.head.parameters(), lr=0.01)
-            return [a, b], [torch.optim.lr_scheduler.StepLR(a, 1, 0.5), torch.optim.lr_scheduler.StepLR(b, 1, 0.5)]
+            sa, sb = torch.optim.lr_scheduler.StepLR(a, 1, 0.5), torch.optim.lr_scheduler.StepLR(b, 1, 0.5)
+            if form == "dicts":
+                return [{"optimizer": a, "lr_scheduler": sa}, {"optimizer": b, "lr_scheduler": {"scheduler": sb}}]
+            return [a, b], [sa, sb]
         return configure
 
     def program(L, tmp_path):
