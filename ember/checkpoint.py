@@ -27,10 +27,13 @@ complete file or the new complete one.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import io
 import itertools
 import os
 import pickle
+import queue
 import random
 import signal
 import socket
@@ -71,7 +74,11 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 def capture_rng(generators: list[torch.Generator] = ()) -> dict[str, Any]:
     """Every random state a training step may draw from, in a form ``torch.load(weights_only=True)`` accepts."""
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    # The Mersenne Twister's 625 words as one tensor: pickling them as ints costs more than the rest.
+    state: dict[str, Any] = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                                        "gauss": gauss},
+                             "torch": torch.get_rng_state()}
     numpy = sys.modules.get("numpy")  # never import numpy just to save its state
     if numpy is not None:
         kind, keys, pos, has_gauss, cached = numpy.random.get_state()
@@ -102,8 +109,9 @@ def restore_rng(state: dict[str, Any], generators: list[torch.Generator] = ()) -
 
 
 def _as_python_state(state: Any) -> tuple:
-    # torch.load turns the inner tuple of random.getstate() into a list.
-    version, internal, gauss = state
+    if isinstance(state, dict):
+        return state["version"], tuple(state["state"].tolist()), state["gauss"]
+    version, internal, gauss = state  # a plain random.getstate() (torch.load makes its tuple a list)
     return version, tuple(internal), gauss
 
 
@@ -222,16 +230,86 @@ def save_atomic(obj: Any, path: str) -> None:
     A crash at any moment leaves ``path`` either as it was or complete. The
     temp name carries host and pid so a later run can tell a leftover of a
     dead process from a save in progress (``remove_stale_temp_files``).
+
+    Inside ``durable_in_background()`` the fsync and the rename happen on a
+    background thread (in order, one save after the other): the caller only
+    pays for serialising, and the file appears under ``path`` once it is on
+    disk. ModelCheckpoint saves this way; ``Trainer.save_checkpoint`` called
+    directly returns with the file in place.
     """
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", suffix=TMP_SUFFIX,
-                               dir=directory)
+    background = getattr(_durability, "background", False)
+    if background and _tensor_bytes(obj) <= _IN_MEMORY_LIMIT:
+        # Small checkpoints are serialised into memory here and written by the writer thread: creating a
+        # file costs as much as serialising a small model, so the training thread skips that too.
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        _finisher.submit(_write_durably, buffer, path, directory, target=path)
+        return
+    fd, tmp = _temp_file(directory)
+    os.close(fd)
+    try:
+        # By name, like a plain torch.save(obj, path): torch's C++ writer then writes the file itself,
+        # which is faster for large tensors than going through a Python file object.
+        torch.save(obj, tmp)
+        if background:
+            _finisher.submit(_make_durable, tmp, path, directory, target=path)
+            return
+        _fsync_path(tmp)
+        _finisher.wait()  # earlier background saves land first
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+_IN_MEMORY_LIMIT = 64 * 2**20  # bytes of tensors; above it, a background save writes its file in the caller
+
+
+def _temp_file(directory: str) -> tuple[int, str]:
+    return tempfile.mkstemp(prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", suffix=TMP_SUFFIX,
+                            dir=directory)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_durably(buffer: io.BytesIO, path: str, directory: str) -> None:
+    fd, tmp = _temp_file(directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            fh.write(buffer.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_durable(tmp: str, path: str, directory: str) -> None:
+    try:
+        _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -252,6 +330,99 @@ def _fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class _Finisher:
+    """One background thread that runs file operations in submission order (fsync + rename, deletions)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self.pending_targets: dict[str, int] = {}
+
+    def submit(self, fn: Any, *args: Any, target: str | None = None) -> None:
+        self._raise_error()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ember-checkpoint-writer", daemon=True)
+            self._thread.start()
+        if target is not None:
+            with self._lock:
+                self.pending_targets[target] = self.pending_targets.get(target, 0) + 1
+        self._queue.put((fn, args, target))
+
+    def wait(self) -> None:
+        """Block until every submitted operation is done; re-raise the first failure."""
+        if self._thread is not None:
+            self._queue.join()
+        self._raise_error()
+
+    def busy(self) -> bool:
+        return self._queue.unfinished_tasks > 0
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"A checkpoint could not be written: {error}") from error
+
+    def _run(self) -> None:
+        while True:
+            fn, args, target = self._queue.get()
+            try:
+                fn(*args)
+            except BaseException as exc:  # kept for the training thread to raise
+                self._error = self._error or exc
+            finally:
+                if target is not None:
+                    with self._lock:
+                        self.pending_targets[target] -= 1
+                        if not self.pending_targets[target]:
+                            del self.pending_targets[target]
+                self._queue.task_done()
+
+
+_finisher = _Finisher()
+_durability = threading.local()
+atexit.register(lambda: _finisher.wait())  # a normal exit never drops a checkpoint in flight
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_finisher._reset)  # the writer thread does not survive a fork
+
+
+@contextlib.contextmanager
+def durable_in_background() -> Iterator[None]:
+    """Saves inside this block return once serialised; fsync and rename follow on the writer thread."""
+    previous = getattr(_durability, "background", False)
+    _durability.background = True
+    try:
+        yield
+    finally:
+        _durability.background = previous
+
+
+def wait_for_writes() -> None:
+    """Block until every checkpoint saved in the background is on disk under its name."""
+    _finisher.wait()
+
+
+def after_writes(fn: Any, *args: Any) -> None:
+    """Run ``fn(*args)`` once the saves queued before this call are in place (now, if none is pending).
+
+    ModelCheckpoint deletes a replaced checkpoint, or points ``last.ckpt`` at
+    a new one, this way: never before the new file exists.
+    """
+    if _finisher.busy():
+        _finisher.submit(fn, *args)
+    else:
+        fn(*args)
+
+
+def is_pending(path: str) -> bool:
+    """Whether a background save to ``path`` has not landed yet."""
+    return path in _finisher.pending_targets
 
 
 def remove_stale_temp_files(directory: str) -> list[str]:
@@ -300,11 +471,13 @@ def load_file(path: Any, map_location: Any = None, weights_only: bool | None = N
     needs ``weights_only=False``, which the error says.
     """
     path = os.fspath(path)
+    _finisher.wait()  # a checkpoint saved in the background is read only once it is complete
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError(f"Checkpoint {path!r} is empty (0 bytes); it was probably cut off while being written.")
+    _verify_archive(path, size)
     safe = weights_only is not False
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=safe)
@@ -328,6 +501,20 @@ def load_file(path: Any, map_location: Any = None, weights_only: bool | None = N
                               "checkpoint. A bare model.state_dict() file loads with model.load_state_dict(torch.load(path)).")
     _check_version(ckpt, path)
     return ckpt
+
+
+def _verify_archive(path: str, size: int) -> None:
+    """Check every record of the archive against its CRC-32: torch.load itself does not notice flipped bits."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load reports what it is (legacy format, truncated file, not a checkpoint)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint {path!r} ({size} bytes) is damaged and cannot be read: {exc}") from exc
+    if bad is not None:
+        raise CheckpointError(f"Checkpoint {path!r} ({size} bytes) is damaged: record {bad!r} fails its CRC-32 "
+                              "check (the bytes on disk are not the ones that were saved).")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -708,6 +895,7 @@ def find_checkpoint(trainer: Any, which: str) -> str | None:
     Lightning: a requeued job can always pass ``ckpt_path="last"``).
     """
     cbs = trainer.checkpoint_callbacks
+    _finisher.wait()
     if which == "best":
         for cb in cbs:
             if getattr(cb, "best_model_path", ""):

@@ -92,7 +92,9 @@ class HookDispatcher:
                         continue
                     if who == "monitor_callbacks" and not _is_monitor(cb):
                         continue
-                    if is_overridden(cb, event, Callback):
+                    # ``_idle_events``: hooks a callback implements but has nothing to do in for this run
+                    # (a ModelCheckpoint that saves once per epoch skips the per-step hook).
+                    if is_overridden(cb, event, Callback) and event not in getattr(cb, "_idle_events", ()):
                         found.append(partial(getattr(cb, event), trainer, module))
             self._table[event] = tuple(found)
 

@@ -10,7 +10,6 @@ dies between the two, the resumed run deletes it.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import after_writes, durable_in_background, is_pending, wait_for_writes
 from .callback import Callback
 
 _BETTER = {"min": torch.lt, "max": torch.gt}
@@ -104,6 +104,12 @@ class ModelCheckpoint(Callback):
         self._pending_removal: list[str] = []
 
     @property
+    def _idle_events(self) -> tuple[str, ...]:
+        # Without a per-step schedule the per-step hook has nothing to do: the Trainer then never calls it.
+        per_step = self._every_n_train_steps >= 1 or self._train_time_interval is not None
+        return () if per_step else ("on_train_batch_end",)
+
+    @property
     def state_key(self) -> str:
         return self._generate_state_key(
             monitor=self.monitor, mode=self.mode, every_n_train_steps=self._every_n_train_steps,
@@ -138,6 +144,8 @@ class ModelCheckpoint(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_time_checked = time.monotonic()
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._pending_removal and trainer.is_global_zero:
             # The run that wrote our checkpoint died before deleting what it had replaced.
             for path in self._pending_removal:
@@ -188,6 +196,7 @@ class ModelCheckpoint(Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if not self.save_on_exception or trainer.fast_dev_run or trainer.sanity_checking \
                 or self._last_global_step_saved == trainer.global_step or not self.dirpath:
+            wait_for_writes()
             return
         candidates = self._monitor_candidates(trainer)
         path = self.format_checkpoint_name(candidates)
@@ -198,6 +207,10 @@ class ModelCheckpoint(Callback):
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.save_last and not self._last_checkpoint_saved and not trainer.fast_dev_run:
             self._save_last(trainer, self._monitor_candidates(trainer))
+        wait_for_writes()  # after fit, every file named in best_model_path & co. is on disk
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        wait_for_writes()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -252,7 +265,8 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ what to save
     def _monitor_candidates(self, trainer: Any) -> dict[str, Any]:
-        candidates = copy.deepcopy(dict(trainer.callback_metrics))
+        # A shallow copy: the score kept in best_k_models is cloned in _save_topk.
+        candidates = dict(trainer.callback_metrics)
         epoch, step = candidates.get("epoch"), candidates.get("step")
         candidates["epoch"] = epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
         candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
@@ -279,8 +293,7 @@ class ModelCheckpoint(Callback):
                 f"{', '.join(available) or '(none)'}. Log it with self.log({self.monitor!r}, ...) or fix the name."
             )
         current = candidates[self.monitor]
-        if not isinstance(current, torch.Tensor):
-            current = torch.tensor(float(current))
+        current = current.detach().clone() if isinstance(current, torch.Tensor) else torch.tensor(float(current))
         if self.check_monitor_top_k(trainer, current):
             self._save_ranked(trainer, current, candidates)
         elif self.verbose:
@@ -340,7 +353,10 @@ class ModelCheckpoint(Callback):
         """Write ``path``, then delete ``drop``; the file written names ``drop`` so a crash in between is undone."""
         if drop:
             self._pending_removal = [drop]
-        trainer.save_checkpoint(path, self.save_weights_only)
+        # The training thread only serialises; fsync and rename follow on ember's writer thread, and the
+        # deletion of ``drop`` is queued behind them (ember.checkpoint.save_atomic).
+        with durable_in_background():
+            trainer.save_checkpoint(path, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = path
         if trainer.is_global_zero:
@@ -352,13 +368,9 @@ class ModelCheckpoint(Callback):
 
     @staticmethod
     def _link(trainer: Any, target: str, linkpath: str) -> None:
-        """Point ``linkpath`` at ``target`` with one atomic rename (never a moment without a last file)."""
+        """Point ``linkpath`` at ``target`` with one atomic rename, once ``target`` is on disk."""
         if trainer.is_global_zero and os.path.abspath(target) != os.path.abspath(linkpath):
-            tmp = linkpath + ".link-tmp"
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            os.symlink(os.path.relpath(target, os.path.dirname(linkpath)), tmp)
-            os.replace(tmp, linkpath)
+            after_writes(_symlink_atomically, target, linkpath)
         trainer.strategy.barrier("checkpoint_link")
 
     def _should_remove(self, trainer: Any, previous: str, current: str) -> bool:
@@ -373,11 +385,11 @@ class ModelCheckpoint(Callback):
 
     @staticmethod
     def _remove(trainer: Any, path: str) -> None:
-        if trainer.is_global_zero and os.path.lexists(path):
-            os.remove(path)
+        if trainer.is_global_zero:
+            after_writes(_remove_if_present, path)
 
     def file_exists(self, filepath: str, trainer: Any) -> bool:
-        exists = os.path.exists(filepath) if trainer.is_global_zero else False
+        exists = (os.path.exists(filepath) or is_pending(filepath)) if trainer.is_global_zero else False
         return bool(trainer.strategy.reduce_boolean_decision(exists, all=False))
 
     def _free_name(self, candidates: dict[str, Any], trainer: Any, keep: str | None) -> str:
@@ -426,3 +438,16 @@ class ModelCheckpoint(Callback):
         with open(filepath, "w") as fh:
             for path, score in self.best_k_models.items():
                 fh.write(f"{path}: {float(score)!r}\n")
+
+
+def _symlink_atomically(target: str, linkpath: str) -> None:
+    tmp = linkpath + ".link-tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(os.path.relpath(target, os.path.dirname(linkpath)), tmp)
+    os.replace(tmp, linkpath)
+
+
+def _remove_if_present(path: str) -> None:
+    if os.path.lexists(path):
+        os.remove(path)
