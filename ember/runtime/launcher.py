@@ -69,9 +69,10 @@ class ClusterEnvironment:
     @staticmethod
     def detect(env: dict[str, str] | None = None) -> "ClusterEnvironment":
         env = os.environ if env is None else env
-        if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        world_text = env.get("WORLD_SIZE") or _live_world_size()  # (Lightning's teardown deletes WORLD_SIZE)
+        if "RANK" in env and "LOCAL_RANK" in env and world_text:
             source = "ember" if "EMBER_LAUNCHER_PID" in env else "torchrun"
-            world = int(env["WORLD_SIZE"])
+            world = int(world_text)
             local_world = int(env.get("LOCAL_WORLD_SIZE", 0)) or None
             rank = int(env["RANK"])
             node = env.get("NODE_RANK", env.get("GROUP_RANK"))
@@ -87,6 +88,14 @@ class ClusterEnvironment:
         return ClusterEnvironment("local", node_rank=int(env.get("NODE_RANK", 0)),
                                   master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
                                   master_port=int(env.get("MASTER_PORT", 0)))
+
+
+def _live_world_size() -> str | None:
+    """The size of an already initialised default process group, if any (without importing torch.distributed)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return str(dist.get_world_size())
+    return None
 
 
 def _slurm_manages_tasks(env: Any) -> bool:
