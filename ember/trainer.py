@@ -494,17 +494,22 @@ class Trainer:
         self._run(module, "fit", datamodule, train=train_dataloaders, val=val_dataloaders, ckpt_path=ckpt_path)
 
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
-                 verbose: bool = True, datamodule: Any = None) -> list[dict[str, float]]:
+                 verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None
+                 ) -> list[dict[str, float]]:
+        self._ckpt_weights_only = weights_only  # how ckpt_path is loaded (ember.checkpoint.load_file)
         return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule)
 
     def test(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
-             verbose: bool = True, datamodule: Any = None) -> list[dict[str, float]]:
+             verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
+        self._ckpt_weights_only = weights_only
         return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule)
 
     def predict(self, model: LightningModule | None = None, dataloaders: Any = None, datamodule: Any = None,
-                return_predictions: bool | None = None, ckpt_path: str | None = None) -> Any:
+                return_predictions: bool | None = None, ckpt_path: str | None = None,
+                weights_only: bool | None = None) -> Any:
         from .datamodule import LightningDataModule
 
+        self._ckpt_weights_only = weights_only
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         module = self._attach(model if model is not None else self._require_module("predict"), "predict")
@@ -672,10 +677,11 @@ class Trainer:
         step_name = "validation_step" if stage == "validate" else "test_step"
         if not is_overridden(module, step_name, LightningModule):
             raise NotImplementedError(f"Trainer.{stage}() needs {type(module).__name__}.{step_name}(batch, batch_idx).")
-        if ckpt_path is not None:
+        path = self._resolve_ckpt_path(ckpt_path)  # None for ckpt_path="last" with nothing saved yet (it warns)
+        if path is not None:
             from .checkpoint import load_weights_into
 
-            load_weights_into(module, self._resolve_ckpt_path(ckpt_path))
+            load_weights_into(module, path, weights_only=self._ckpt_weights_only)
         given = loaders
         limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
 
@@ -694,10 +700,11 @@ class Trainer:
         return results
 
     def _run_predict(self, module: LightningModule, loaders: Any, ckpt_path: Any, return_predictions: bool) -> Any:
-        if ckpt_path is not None:
+        path = self._resolve_ckpt_path(ckpt_path)
+        if path is not None:
             from .checkpoint import load_weights_into
 
-            load_weights_into(module, self._resolve_ckpt_path(ckpt_path))
+            load_weights_into(module, path, weights_only=self._ckpt_weights_only)
         given = loaders
 
         def request() -> tuple[list[Any], list[int | None]]:

@@ -331,6 +331,11 @@ def test_unsafe_content_needs_weights_only_false_and_says_so(tmp_path):
     with pytest.raises(CheckpointError, match="weights_only=False"):
         fit(tmp_path / "r", epochs=2, ckpt_path=str(path), enable_checkpointing=False)
     _, resumed = fit(tmp_path / "r", epochs=2, ckpt_path=str(path), enable_checkpointing=False, weights_only=False)
+    assert resumed.global_step == 2 * N_BATCHES
+    evaluator = L.Trainer(logger=False, default_root_dir=tmp_path, **QUIET)
+    with pytest.raises(CheckpointError, match="weights_only=False"):
+        evaluator.validate(Scored(), data()[1], ckpt_path=str(path), verbose=False)
+    evaluator.validate(Scored(), data()[1], ckpt_path=str(path), weights_only=False, verbose=False)
 
 
 def test_load_from_checkpoint_rebuilds_from_hparams_with_overrides(saved):
