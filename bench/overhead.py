@@ -217,7 +217,7 @@ def load_frameworks(requested):
 
 
 def one_run(fw, frameworks, sc):
-    """Build everything untimed, then time the run. Returns (seconds, checksum)."""
+    """Build everything untimed, then time the run. Returns (wall s, process CPU s, checksum)."""
     widths, batch = sc["widths"], sc["batch"]
     steps_per_epoch = sc["steps"] // sc["epochs"]
     train_loader = make_loader(make_data(widths, batch, steps_per_epoch, salt=0), batch)
@@ -232,10 +232,10 @@ def one_run(fw, frameworks, sc):
         timed = run_framework(L, classes, net, train_loader, val_loader, sc)
     gc.collect()
     with C.quiet():
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         timed()
-        t1 = time.perf_counter()
-    return t1 - t0, checksum(net)
+        t1, c1 = time.perf_counter(), time.process_time()
+    return t1 - t0, c1 - c0, checksum(net)
 
 
 def parse_args(argv=None):
@@ -276,6 +276,7 @@ def main(argv=None):
     log = sys.stderr  # progress goes to the real stderr, outside the timed regions
 
     times = {s: {f: [] for f in fws} for s in args.sizes}
+    cpu = {s: {f: [] for f in fws} for s in args.sizes}  # process CPU time, context only
     errors = {}  # (size, fw) -> traceback text
     mismatches = []
     for size in args.sizes:
@@ -285,7 +286,7 @@ def main(argv=None):
         for rnd in range(args.rounds + 1):  # round 0 = untimed warm-up
             for fw in list(active):
                 try:
-                    dt, cs = one_run(fw, frameworks, sc)
+                    dt, ct, cs = one_run(fw, frameworks, sc)
                 except Exception:
                     tb = traceback.format_exc()
                     errors[(size, fw)] = tb
@@ -299,6 +300,7 @@ def main(argv=None):
                     mismatches.append(f"{size}: {fw} (round {rnd}) differs from hand, max |diff| {diff:.3g}")
                 if rnd > 0:
                     times[size][fw].append(dt)
+                    cpu[size][fw].append(ct)
             print(f"[{size}] {'warm-up' if rnd == 0 else f'round {rnd}/{args.rounds}'}: "
                   + ", ".join(f"{f} {times[size][f][-1] * 1e3:.0f} ms" for f in active
                               if rnd > 0 and times[size][f]), file=log)
@@ -355,12 +357,24 @@ def main(argv=None):
                 row.append("n/a")
         rr = [b / a for a, b in zip(times[size]["hand"], times[size].get("ember", []))]
         row.append(f"{min(rr):.3f}–{max(rr):.3f}" if rr else "n/a")
+        # Ratio of best-of-N times, and median per-round ratio of process CPU time: both
+        # less sensitive to other processes stealing the CPU than the wall-time median.
+        for f in ("ember", "lightning"):
+            ok = f in med and times[size][f] and len(times[size][f]) == len(times[size]["hand"])
+            row.append(f"{min(times[size][f]) / min(times[size]['hand']):.3f}" if ok else "n/a")
+        for f in ("ember", "lightning"):
+            ok = f in med and cpu[size][f] and len(cpu[size][f]) == len(cpu[size]["hand"])
+            row.append(f"{C.median([b / a for a, b in zip(cpu[size]['hand'], cpu[size][f])]):.3f}"
+                       if ok else "n/a")
         ctx_rows.append(row)
     lines.append("Context only (not targets): median absolute wall times in ms, the implied "
-                 "per-step overhead in µs, and the spread of the per-round ember/hand ratio:")
+                 "per-step overhead in µs, the spread of the per-round ember/hand ratio, and the "
+                 "ratios of the fastest runs (min/min) and the median per-round ratio of process CPU time "
+                 "(both less sensitive to CPU contention from other processes):")
     lines.append("")
     lines.append(C.md_table(["scenario", "hand ms", "ember ms", "lightning ms", "ember µs/step",
-                             "lightning µs/step", "ember/hand min–max"], ctx_rows))
+                             "lightning µs/step", "ember/hand min–max", "ember min/min",
+                             "lightning min/min", "ember CPU ratio", "lightning CPU ratio"], ctx_rows))
     lines.append("")
     if mismatches:
         lines.append("checksums: DIFFER")
