@@ -258,3 +258,77 @@ def test_tutorial_flow_matches_lightning(in_tmp):
     theirs = tutorial_flow(lightning, 60)
     assert ours[1:] == theirs[1:] == (180, 60)
     assert torch.equal(ours[0], theirs[0])
+
+
+# ---------------------------------------------------------------------------- samplers ember cannot see into
+class OwnRandomSampler(torch.utils.data.Sampler):
+    """Shuffles with its own random.Random and keeps no state_dict: ember cannot know where it was."""
+
+    def __init__(self, n):
+        import random
+
+        self.n, self.rng = n, random.Random(0)
+
+    def __iter__(self):
+        order = list(range(self.n))
+        self.rng.shuffle(order)
+        return iter(order)
+
+    def __len__(self):
+        return self.n
+
+
+class StatefulSampler(torch.utils.data.Sampler):
+    """A shuffling sampler that can say where it is (what torchdata's StatefulDataLoader does for a loader)."""
+
+    def __init__(self, n):
+        self.n, self.seed, self.pos, self.order = n, 0, 0, []
+
+    def __iter__(self):
+        if self.pos >= len(self.order):  # a new epoch (not a resumed one)
+            self.order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+            self.seed, self.pos = self.seed + 1, 0
+        while self.pos < self.n:
+            self.pos += 1
+            yield self.order[self.pos - 1]
+
+    def __len__(self):
+        return self.n
+
+    def state_dict(self):
+        return {"seed": self.seed, "pos": self.pos, "order": list(self.order)}
+
+    def load_state_dict(self, state):
+        self.seed, self.pos, self.order = state["seed"], state["pos"], list(state["order"])
+
+
+def fit_with_sampler(sampler_cls, root, ckpt_path=None, saver=None):
+    L.seed_everything(5)
+    model = Net()
+    x = torch.randn(BATCHES_PER_EPOCH * 4, 4, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, sampler=sampler_cls(len(x)))
+    trainer = L.Trainer(max_epochs=2, logger=False, default_root_dir=root, callbacks=[saver] if saver else None,
+                        **QUIET)
+    trainer.fit(model, loader, ckpt_path=ckpt_path)
+    return model
+
+
+def test_a_sampler_with_state_dict_resumes_exactly_from_its_own_position(tmp_path):
+    import warnings
+
+    # Batch 19 is in the second epoch: a fresh sampler skipping 18 batches would replay the first epoch's order.
+    straight = fit_with_sampler(StatefulSampler, tmp_path, saver=SaveAt(str(tmp_path), batches=(19,)))
+    with warnings.catch_warnings():  # no "cannot tell the order" warning: the sampler said where it was
+        warnings.filterwarnings("error", message=".*cannot tell whether.*")
+        resumed = fit_with_sampler(StatefulSampler, tmp_path / "r", ckpt_path=str(tmp_path / "batch19.ckpt"))
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_sampler_of_unknown_state_gets_a_warning_naming_it(tmp_path, monkeypatch):
+    import ember.checkpoint
+
+    monkeypatch.setattr(ember.checkpoint, "_warned", set())  # "once" per process: start this test from none
+    fit_with_sampler(OwnRandomSampler, tmp_path, saver=SaveAt(str(tmp_path), batches=(7,)))
+    with pytest.warns(UserWarning, match=r"OwnRandomSampler.*state_dict\(\) and load_state_dict\(\)"):
+        fit_with_sampler(OwnRandomSampler, tmp_path / "r", ckpt_path=str(tmp_path / "batch7.ckpt"))
