@@ -267,3 +267,75 @@ def test_sigterm_in_a_plain_python_program_exits_143_with_a_message(tmp_path):
     assert "Traceback" not in proc.stderr and "after fit" not in proc.stdout
     ckpt = load_file(tmp_path / "ckpt" / "last.ckpt")
     assert ckpt["global_step"] == 5 and ckpt["ember"]["mid_epoch"] and ckpt["ember"]["left_of_batch"] == "stop_check"
+
+
+# ---------------------------------------------------------------------------- in this process
+class _SignalAt:
+    """A callback that sends this process SIGTERM at a chosen hook (the signal arrives between two bytecodes)."""
+
+    def __new__(cls, hook: str, when):
+        import ember as L
+
+        class Sender(L.Callback):
+            pass
+
+        def send(self, trainer, *args):
+            if when(trainer):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        setattr(Sender, hook, send)
+        return Sender()
+
+
+def _fit(root, epochs=3, ckpt_path=None, callbacks=()):
+    import ember as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L.seed_everything(11)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=root, callbacks=list(callbacks))
+    trainer.fit(Module(), DataLoader(TensorDataset(x, x[:, :1]), batch_size=4, shuffle=True), ckpt_path=ckpt_path)
+    return model, trainer
+
+
+@pytest.mark.parametrize("hook,when", [
+    ("on_train_batch_end", lambda t: t.global_step == 11),  # inside an epoch
+    ("on_train_epoch_end", lambda t: t.current_epoch == 0),  # after the batches: stops between epochs
+])
+def test_sigterm_in_process_chains_the_previous_handler_and_resumes_exactly(tmp_path, hook, when):
+    reference, _ = _fit(tmp_path / "ref", callbacks=[])
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            _fit(tmp_path / "run", callbacks=[_SignalAt(hook, when)])
+        assert seen == [signal.SIGTERM]  # the program's own handler still ran
+        assert signal.getsignal(signal.SIGTERM) is handler  # and is back in place after fit
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exit_info.value.code == 143
+    path = exit_info.value.checkpoint_path
+    info = load_file(path)
+    assert info["global_step"] == (11 if hook == "on_train_batch_end" else 8)
+    resumed, trainer = _fit(tmp_path / "resumed", ckpt_path=path)
+    assert trainer.global_step == 24
+    for p, q in zip(reference.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
