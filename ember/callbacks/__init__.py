@@ -16,6 +16,7 @@ _LAZY = {
     "LearningRateMonitor": ".lr_monitor",
     "Timer": ".timer",
     "LearningRateFinder": ".lr_finder",
+    "BasePredictionWriter": ".prediction_writer",
 }
 
 __all__ = ["Callback", *_LAZY]

@@ -80,6 +80,17 @@ def test_predict_returns_each_ranks_share_and_every_sample_once(two_rank_job):
     assert sorted(p0 + p1) == list(range(20)) and not set(p0) & set(p1)
 
 
+def test_a_prediction_writer_writes_each_ranks_share_with_its_dataset_indices(two_rank_job):
+    import torch
+
+    rows = {}
+    for rank in (0, 1):
+        saved = torch.load(os.path.join(two_rank_job, "predictions", f"rank{rank}.pt"))
+        for batch, indices in zip(saved["predictions"], saved["batch_indices"]):
+            rows.update(zip(indices, batch.tolist()))
+    assert rows == {i: i for i in range(20)}  # every row once, and the indices say which row it is
+
+
 def test_lr_find_runs_on_every_rank_and_every_rank_gets_rank_zeros_suggestion(two_rank_job):
     l0, l1 = (res["lr_find"] for res in both(two_rank_job))
     assert l0["suggestion"] is not None and l0 == l1 and l0["model_lr"] == l0["suggestion"]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 import ember as L
 from ember.loggers import CSVLogger
-from ember.callbacks import ModelCheckpoint
+from ember.callbacks import BasePredictionWriter, ModelCheckpoint
 
 N_SAMPLES = 64
 
@@ -165,8 +165,23 @@ def sampler(args, results) -> None:
         t.fit(model, DataLoader(IndexSet(), batch_size=2, sampler=EveryOther(20)))
     results["custom_sampler"] = dict(seen=model.seen.get(0, []),
                                      warnings=[str(w.message) for w in caught if "custom sampler" in str(w.message)])
+    writer = PerRankWriter(os.path.join(args.out, "predictions"))
+    t = trainer(args, callbacks=[writer])
     preds = t.predict(model, DataLoader(IndexSet(), batch_size=3))
     results["predict"] = [int(v) for batch in preds for v in batch]
+
+
+class PerRankWriter(BasePredictionWriter):
+    """Lightning's documented way to keep predictions of several processes: one file per rank."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__(write_interval="epoch")
+        self.folder = folder
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
+        os.makedirs(self.folder, exist_ok=True)
+        torch.save({"predictions": predictions, "batch_indices": batch_indices},
+                   os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))
 
 
 def collectives(args, results) -> None:
