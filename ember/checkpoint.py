@@ -40,6 +40,7 @@ import socket
 import sys
 import tempfile
 import threading
+import uuid
 import warnings
 import zipfile
 from typing import Any, Iterator
@@ -247,11 +248,11 @@ def save_atomic(obj: Any, path: str) -> None:
         torch.save(obj, buffer)
         _finisher.submit(_write_durably, buffer, path, directory, target=path)
         return
-    fd, tmp = _temp_file(directory)
-    os.close(fd)
+    # A fresh name that torch.save creates, exactly like a plain torch.save(obj, path): torch's C++ writer
+    # then writes the file itself (faster for large tensors than a Python file object), and no existing file
+    # is truncated (ext4 flushes a file that was truncated and rewritten when it is closed).
+    tmp = _temp_name(directory)
     try:
-        # By name, like a plain torch.save(obj, path): torch's C++ writer then writes the file itself,
-        # which is faster for large tensors than going through a Python file object.
         torch.save(obj, tmp)
         if background:
             _finisher.submit(_make_durable, tmp, path, directory, target=path)
@@ -272,6 +273,12 @@ _IN_MEMORY_LIMIT = 64 * 2**20  # bytes of tensors; above it, a background save w
 def _temp_file(directory: str) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", suffix=TMP_SUFFIX,
                             dir=directory)
+
+
+def _temp_name(directory: str) -> str:
+    """A name no other save uses (host, pid and 96 random bits), for torch.save to create."""
+    return os.path.join(directory, f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:24]}"
+                                   f"{TMP_SUFFIX}")
 
 
 def _tensor_bytes(obj: Any) -> int:
