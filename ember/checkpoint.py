@@ -870,8 +870,7 @@ def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, 
     load_state_into(module, ckpt["state_dict"], path, strict=strict)
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         module.to(map_location)
-    module.eval()
-    return module
+    return module  # left in train mode, as Lightning does
 
 
 def _read_hparams_file(path: Any) -> dict[str, Any]:

@@ -340,6 +340,6 @@ def test_unsafe_content_needs_weights_only_false_and_says_so(tmp_path):
 
 def test_load_from_checkpoint_rebuilds_from_hparams_with_overrides(saved):
     model = Scored.load_from_checkpoint(saved)
-    assert model.hparams.hidden == 8 and not model.training
+    assert model.hparams.hidden == 8 and model.training  # train mode, as Lightning returns it
     assert torch.equal(model.layer.weight, load_file(saved)["state_dict"]["layer.weight"])
     assert Scored.load_from_checkpoint(saved, scores=(9.0,)).hparams.scores == (9.0,)
