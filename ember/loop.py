@@ -159,6 +159,8 @@ def train_epoch(trainer: Any, module: Any) -> None:
             metrics.begin("train", step_defaults=True, fresh=False)
         if plan.plateau_step and trainer._accumulated == 0:
             trainer._step_plateau_schedulers("step")
+        if plan.vote_on_stop:  # distributed only (ember.runtime.ddp): every rank stops after the same batch
+            trainer.strategy.vote_on_stop(trainer)
         if trainer.should_stop or trainer.global_step >= step_cap or timed:
             if trainer._stop_within_epoch():
                 break
@@ -250,6 +252,8 @@ class _StepPlan:
         self.check_finite = trainer.check_finite_loss
         # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
         self.training_step = trainer.strategy.step_method(module, "training_step")
+        # Several processes vote after each batch, so a SIGTERM on any rank stops all of them together.
+        self.vote_on_stop = trainer.strategy.votes_on_stop
 
 
 def automatic_step(trainer: Any, module: Any, batch: Any, batch_idx: int, plan: _StepPlan) -> Any:

@@ -51,6 +51,9 @@ class ParallelStrategy(Strategy):
         self.launcher: Any = None
         self.cluster = ClusterEnvironment.detect()
         self._set_ranks(self.cluster)
+        self._vote: Any = None  # the stop vote in flight: (work, tensor)
+        self._local_signal: int | None = None
+        self._deferred_to: Any = None
 
     # ---- who am I --------------------------------------------------------
     def _set_ranks(self, env: ClusterEnvironment) -> None:
@@ -197,6 +200,50 @@ class ParallelStrategy(Strategy):
         votes = torch.tensor(int(bool(decision)), device=self.root_device)
         dist.all_reduce(votes, op=dist.ReduceOp.SUM)
         return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    # ---- stopping together --------------------------------------------------
+    @property
+    def votes_on_stop(self) -> bool:  # type: ignore[override]
+        return self.world_size > 1
+
+    def vote_on_stop(self, trainer: Any) -> None:
+        """Make a SIGTERM seen by any rank stop every rank after the same step.
+
+        Called by the loop after every training batch. While this strategy votes, SIGTERM only records
+        the signal; each call sends the signals recorded so far in an asynchronous all-reduce (MAX) and
+        applies the result of the previous call's, so the wait overlaps a whole step. Every rank applies
+        the same result at the same batch, by running the handler the fit installed (ember's preemption
+        guard: finish the step, save a checkpoint, exit): one step after the signal, on all ranks alike.
+        """
+        self._defer_sigterm()
+        if self._vote is not None:
+            work, box = self._vote
+            work.wait()
+            agreed = int(box.item())
+            if agreed and trainer._preempt_signal is None:
+                self._local_signal = None
+                if self._deferred_to is not None:
+                    self._deferred_to(agreed, None)
+                else:
+                    trainer._preempt_signal, trainer.should_stop = agreed, True
+        local = self._local_signal or trainer._preempt_signal or 0
+        box = torch.tensor([local], dtype=torch.int32, device=self.root_device)
+        self._vote = (dist.all_reduce(box, op=dist.ReduceOp.MAX, async_op=True), box)
+
+    def _defer_sigterm(self) -> None:
+        import signal
+        import threading
+
+        current = signal.getsignal(signal.SIGTERM)
+        if current == self._record_signal:  # (a bound method: equal, not identical, on each access)
+            return
+        self._deferred_to = None
+        if callable(current) and threading.current_thread() is threading.main_thread():
+            self._deferred_to = current  # runs later, inside a vote, on every rank at the same batch
+            signal.signal(signal.SIGTERM, self._record_signal)  # the fit's guard restores its own at the end
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self._local_signal = signum
 
     # ---- data -------------------------------------------------------------
     def distribute_loader(self, loader: Any, stage: str, use_distributed_sampler: bool, overfit: bool = False) -> Any:

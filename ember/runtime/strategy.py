@@ -79,6 +79,13 @@ class Strategy:
     # the loop then goes through no_backward_sync() instead of a bare loss.backward().
     needs_no_sync = False
 
+    # True when the ranks must vote each step on stopping (see ParallelStrategy.vote_on_stop); the loop
+    # then calls vote_on_stop(trainer) after every batch. One process never needs it.
+    votes_on_stop = False
+
+    def vote_on_stop(self, trainer: Any) -> None:
+        return None
+
     def no_backward_sync(self, enabled: bool) -> ContextManager[Any]:
         """Skip gradient all-reduce for backward passes inside an accumulation window."""
         return contextlib.nullcontext()

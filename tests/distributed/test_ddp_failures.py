@@ -79,3 +79,21 @@ def test_killing_the_launching_process_stops_the_other_ranks_within_the_bound(tm
         job.kill()
     assert not _alive(child)
     assert seconds < FAILURE_EXIT_BOUND_S, f"{seconds:.1f} s"
+
+
+def test_sigterm_to_the_launching_process_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
+    """Preemption under DDP: the ranks vote after each batch, so all of them stop, save and exit together."""
+    out = str(tmp_path)
+    job = J.start("failure.py", out, "hang", cwd=out, log=os.path.join(out, "log"))
+    try:
+        launcher, _ = _wait_for_pids(out, job)
+        sent = time.monotonic()
+        os.kill(launcher, signal.SIGTERM)
+        code = job.wait(timeout=FAILURE_EXIT_BOUND_S + 20)
+        seconds = time.monotonic() - sent
+    finally:
+        job.kill()
+    log = open(os.path.join(out, "log")).read()
+    assert code == 128 + signal.SIGTERM, log[-3000:]
+    assert seconds < FAILURE_EXIT_BOUND_S
+    assert os.path.isfile(os.path.join(out, "last.ckpt")) and "saved a resumable checkpoint" in log
