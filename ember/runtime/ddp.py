@@ -219,6 +219,7 @@ class ParallelStrategy(Strategy):
         if self._vote is not None:
             work, box = self._vote
             work.wait()
+            self._vote = None
             agreed = int(box.item())
             if agreed and trainer._preempt_signal is None:
                 self._local_signal = None
@@ -226,6 +227,7 @@ class ParallelStrategy(Strategy):
                     self._deferred_to(agreed, None)
                 else:
                     trainer._preempt_signal, trainer.should_stop = agreed, True
+                return  # every rank stops after this batch: no vote left in flight
         local = self._local_signal or trainer._preempt_signal or 0
         box = torch.tensor([local], dtype=torch.int32, device=self.root_device)
         self._vote = (dist.all_reduce(box, op=dist.ReduceOp.MAX, async_op=True), box)
@@ -281,8 +283,11 @@ class ParallelStrategy(Strategy):
         return _with_sampler(loader, new)
 
     def teardown(self) -> None:
-        # The process group stays up between fit/validate/test/predict; it ends with the process.
-        return None
+        # The process group stays up between fit/validate/test/predict; it ends with the process. The last
+        # stop vote is awaited here, on every rank, so no rank can exit while another's share is in flight.
+        if self._vote is not None:
+            self._vote[0].wait()
+            self._vote = None
 
 
 def _with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
@@ -433,6 +438,7 @@ class DDPStrategy(ParallelStrategy):
         return contextlib.nullcontext()
 
     def teardown(self) -> None:
+        super().teardown()
         # Unwrap: the next fit/validate/test wraps again (and re-broadcasts rank 0's weights).
         if self._router is not None:
             self.model = self._router.module

@@ -150,7 +150,7 @@ class FSDPStrategy(ParallelStrategy):
         return _no_gradient_sync(self._router)
 
     def teardown(self) -> None:
-        return None  # the shards stay; a later validate/test/predict reuses them
+        super().teardown()  # the shards stay; a later validate/test/predict reuses them
 
     # ---- checkpoints -------------------------------------------------------
     def lightning_module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:

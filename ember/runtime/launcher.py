@@ -274,6 +274,7 @@ class ScriptLauncher:
                 _log(f"local rank {local_rank} (pid {self.children[local_rank - 1].pid}) exited with "
                      f"{_describe_code(code)}; its error is printed above. Stopping the other ranks.")
                 self.kill_children()
+                _finish_pending_writes()
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(_exit_code(code))
@@ -322,6 +323,24 @@ class ScriptLauncher:
         return worst
 
 
+def _finish_pending_writes(timeout: float = 5.0) -> None:
+    """Before a forced exit: let checkpoints already serialised land under their names (bounded wait)."""
+    module = sys.modules.get("ember.checkpoint")
+    wait = getattr(module, "wait_for_writes", None)
+    if wait is None:
+        return
+
+    def run() -> None:
+        try:
+            wait()
+        except Exception:  # a failed write is reported by its own file being absent; we are exiting anyway
+            pass
+
+    flusher = threading.Thread(target=run, name="ember-final-writes", daemon=True)
+    flusher.start()
+    flusher.join(timeout)
+
+
 def _describe_code(code: int) -> str:
     if code < 0:
         try:
@@ -358,6 +377,7 @@ def _install_exit_handlers(launcher: ScriptLauncher) -> None:
         code = launcher.wait_children(timeout)
         if code:
             _log(f"another rank failed (exit status {code}); so does this job.")
+            _finish_pending_writes()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
