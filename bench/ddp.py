@@ -6,6 +6,8 @@ ways, inside the same processes, interleaved round by round (the order rotates e
 
     hand       the idiomatic hand-written loop; with 2 processes DistributedDataParallel plus a
                DistributedSampler (set_epoch every epoch);
+    hand-late-zero-grad
+               the same loop with zero_grad after the forward, in Lightning's hook order;
     ember      Trainer(accelerator="cpu", devices=N).fit(...);
     lightning  Trainer(accelerator="cpu", devices=N, strategy="ddp" if N > 1).fit(...).
 
@@ -42,6 +44,9 @@ import _common as C  # noqa: E402
 C.ensure_repo_on_path()
 
 WIDTHS = (512, 2048, 2048, 512)
+# "hand-late-zero-grad" is the hand loop with zero_grad after the forward, the order Lightning and ember
+# use (their hook order): it separates the cost of that order from framework overhead.
+PROGRAMS = ("hand", "hand-late-zero-grad", "ember", "lightning")
 SEED = 0
 LR = 0.01
 
@@ -80,7 +85,7 @@ class _Clock:
         return (self.wall[-1] - self.wall[warmup]) / n, (self.cpu[-1] - self.cpu[warmup]) / n
 
 
-def run_hand(data, args, world: int, clock: _Clock) -> None:
+def run_hand(data, args, world: int, clock: _Clock, zero_grad_after_forward: bool = False) -> None:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, DistributedSampler
@@ -100,8 +105,11 @@ def run_hand(data, args, world: int, clock: _Clock) -> None:
         if sampler is not None:
             sampler.set_epoch(epoch)
         for x, y in loader:
-            opt.zero_grad()
+            if not zero_grad_after_forward:
+                opt.zero_grad()
             loss = F.mse_loss(model(x), y)
+            if zero_grad_after_forward:  # Lightning's (and ember's) order: training_step, then zero_grad
+                opt.zero_grad()
             loss.backward()
             opt.step()
             clock.stamp()
@@ -183,15 +191,15 @@ def worker(args) -> None:
                               **({"master_listen_fd": listener.detach()} if listener else {}))
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     data = _data(args.steps * args.batch * world)
-    programs = [p for p in ("hand", "ember", "lightning") if p in args.frameworks.split(",")]
+    programs = [p for p in PROGRAMS if p in args.frameworks.split(",")]
     rounds = []
     for r in range(args.rounds + 1):  # round 0 warms up (allocator, caches, lazy imports); not reported
         times = {}
         for name in programs[r % len(programs):] + programs[: r % len(programs)]:
             clock = _Clock()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                if name == "hand":
-                    run_hand(data, args, world, clock)
+                if name.startswith("hand"):
+                    run_hand(data, args, world, clock, zero_grad_after_forward=name == "hand-late-zero-grad")
                 else:
                     run_framework(name, data, args, world, clock)
             times[name] = clock.per_step(args.warmup)
@@ -243,7 +251,7 @@ def run_job(world: int, args, tmp: str) -> list[dict]:
 
 
 def cpu_section(args) -> list[str]:
-    programs = [p for p in ("hand", "ember", "lightning") if p in args.frameworks.split(",")]
+    programs = [p for p in PROGRAMS if p in args.frameworks.split(",")]
     with tempfile.TemporaryDirectory(prefix="ember-bench-ddp-") as tmp:
         jobs = {world: run_job(world, args, tmp) for world in (1, 2)}
 
@@ -359,7 +367,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--frameworks", default="hand,ember,lightning")
+    p.add_argument("--frameworks", default="hand,hand-late-zero-grad,ember,lightning")
     p.add_argument("--timeout", type=float, default=1200)
     p.add_argument("--out")
     p.add_argument("--skip-gpu", action="store_true")
