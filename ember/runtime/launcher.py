@@ -14,7 +14,7 @@ Three sources, one per class below:
   starts N fresh workers that receive the pickled Trainer; rank 0 sends the
   trained weights and results back to the calling process.
 
-Failure handling (the bounds are documented in docs/scaling.md):
+Failure handling (the bounds are documented in the README's Scaling out section):
 
 - a rank that raises exits non-zero with its traceback on stderr; the launching
   process notices within ``POLL_S`` seconds, kills the other ranks and exits
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 POLL_S = 0.2  # how often parents look at children and children at their parent
-# The documented bound (docs/scaling.md): after any rank dies, by an exception or SIGKILL, the whole job
+# The documented bound (the README's Scaling out section): after any rank dies, by an exception or SIGKILL, the whole job
 # has exited non-zero within this many seconds. Detection takes POLL_S or less; the rest is process exit.
 FAILURE_EXIT_BOUND_S = 10.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -226,7 +226,7 @@ class ScriptLauncher:
         if self.num_nodes > 1 and ("MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ):
             raise RuntimeError(
                 f"Trainer(num_nodes={self.num_nodes}) without torchrun or SLURM needs MASTER_ADDR, MASTER_PORT and "
-                "NODE_RANK set on every node before the script starts (see docs/scaling.md); or launch with torchrun."
+                "NODE_RANK set on every node before the script starts (see the README's Scaling out section); or launch with torchrun."
             )
         port = env.master_port
         if node_rank == 0:

@@ -76,8 +76,7 @@ def test_checkpoint_round_trip_with_overrides_and_map_location(tmp_path):
 
     a, b = run_both(program, tmp_path=tmp_path)
     assert a[0] == b[0] == {"hidden": 6, "lr": 0.5, "name": "net"}
-    # a[1]/b[1]: Lightning returns the module in train mode, ember's checkpoint loader in eval mode
-    # (a known difference, owned by ember.checkpoint; see docs/migrating.md).
+    assert a[1] == b[1] is True  # both hand the loaded module back in train mode
     assert_same_weights(a[2], b[2])
     assert torch.equal(a[3], b[3])
     assert a[4] == b[4]
