@@ -296,14 +296,11 @@ def _write_durably(buffer: io.BytesIO, path: str, directory: str) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(buffer.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    _make_durable(tmp, path, directory)
 
 
 def _fsync_path(path: str) -> None:

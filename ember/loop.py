@@ -325,12 +325,7 @@ def _forward_backward(trainer: Any, module: Any, batch: Any, batch_idx: int, pla
         # Lightning still runs zero_grad (with its hooks) for a skipped step, so the optimizer step that
         # follows is a no-op, and still calls the pre-step hooks and clipping.
         if window_pos == 0:
-            for fn in plan.before_zero_grad:
-                fn(optimizer)
-            if plan.custom_zero_grad:
-                module.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer)
-            else:
-                optimizer.zero_grad()
+            _zero_grad(trainer, module, batch_idx, plan)
         if steps_now:
             for fn in plan.before_optimizer_step:
                 fn(optimizer)
@@ -343,12 +338,7 @@ def _forward_backward(trainer: Any, module: Any, batch: Any, batch_idx: int, pla
     if plan.accumulate > 1:
         loss = loss / plan.accumulate
     if window_pos == 0:
-        for fn in plan.before_zero_grad:
-            fn(optimizer)
-        if plan.custom_zero_grad:
-            module.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer)
-        else:
-            optimizer.zero_grad()
+        _zero_grad(trainer, module, batch_idx, plan)
     for fn in plan.before_backward:
         fn(loss)
     if plan.plain_backward:
@@ -367,6 +357,17 @@ def _forward_backward(trainer: Any, module: Any, batch: Any, batch_idx: int, pla
         if plan.clip:
             module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
     return out, loss
+
+
+def _zero_grad(trainer: Any, module: Any, batch_idx: int, plan: _StepPlan) -> None:
+    """on_before_zero_grad, then the module's optimizer_zero_grad (or the optimizer's own)."""
+    optimizer = plan.optimizer
+    for fn in plan.before_zero_grad:
+        fn(optimizer)
+    if plan.custom_zero_grad:
+        module.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer)
+    else:
+        optimizer.zero_grad()
 
 
 class _StepCounter:
