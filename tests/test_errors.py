@@ -6,25 +6,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember as L
+from boring import BoringLinear, sum_loader
 from statquest_model import QUIET, dataloader, make_class
 
 
-class Linear(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.layer(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _loader(n=8, batch_size=2):
-    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
-    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=batch_size)
+Linear = BoringLinear
+_loader = sum_loader
 
 
 def test_module_without_training_step_fails_at_fit_start():

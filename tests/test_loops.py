@@ -8,26 +8,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import ember as L
+from boring import BoringLinear, sum_dataset
 
 QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 
 
-def _data(n=8):
-    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
-    return TensorDataset(x, x.sum(1, keepdim=True))
-
-
-class Net(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.layer(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+_data = sum_dataset
+Net = BoringLinear
 
 
 class WithVal(Net):

@@ -1,0 +1,27 @@
+"""The smallest real model the unit tests train: y = sum(x) learned by one linear layer."""
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import ember as L
+
+
+class BoringLinear(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def sum_dataset(n: int = 8) -> TensorDataset:
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+    return TensorDataset(x, x.sum(1, keepdim=True))
+
+
+def sum_loader(n: int = 8, batch_size: int = 2) -> DataLoader:
+    return DataLoader(sum_dataset(n), batch_size=batch_size)
