@@ -5,17 +5,25 @@ from torch.utils.data import DataLoader, TensorDataset
 import ember as L
 
 
-class BoringLinear(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
+def boring_class(framework):
+    """The boring model built on ``framework`` (ember or lightning), for tests that run both."""
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.layer(x), y)
+    class BoringLinear(framework.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return BoringLinear
+
+
+BoringLinear = boring_class(L)
 
 
 def sum_dataset(n: int = 8) -> TensorDataset:

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember as L
-from boring import BoringLinear
+from boring import BoringLinear, boring_class
 
 
 class Linear(BoringLinear):
@@ -110,19 +110,7 @@ def test_stopping_limits(kwargs, steps, epochs):
 def _as_lightning():
     import lightning
 
-    class LinearL(lightning.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.layer(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    return LinearL()
+    return boring_class(lightning)()
 
 
 def test_min_epochs_wins_over_an_early_should_stop():
