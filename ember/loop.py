@@ -24,13 +24,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # --------------------------------------------------------------------------- data
-def batches(loader: Iterable, limit: int | None, skip: int = 0) -> Iterable[tuple[int, Any]]:
-    """``(batch_idx, batch)`` pairs, at most ``limit`` of them, starting after ``skip`` consumed batches."""
+def batches(loader: Iterable, limit: int | None) -> Iterable[tuple[int, Any]]:
+    """``(batch_idx, batch)`` pairs, at most ``limit`` of them."""
     it = enumerate(loader)
-    if skip:
-        it = itertools.islice(it, skip, None)
     if limit is not None:
-        it = itertools.islice(it, max(limit - skip, 0))
+        it = itertools.islice(it, limit)
     return it
 
 
@@ -302,7 +300,6 @@ def automatic_step(trainer: Any, module: Any, batch: Any, batch_idx: int, plan: 
     if not plan.wants_outputs:
         return None
     detached = loss.detach()
-    trainer._last_loss = detached
     if type(out) is dict:
         return {**out, "loss": detached}
     return {"loss": detached}
@@ -392,9 +389,6 @@ def manual_step(trainer: Any, module: Any, batch: Any, batch_idx: int, plan: Any
     step = plan.training_step if plan is not None else trainer.strategy.step_method(module, "training_step")
     with trainer.precision.autocast():
         out = step(batch, batch_idx)
-    loss = out.get("loss") if isinstance(out, dict) else out
-    if isinstance(loss, torch.Tensor):
-        trainer._last_loss = loss.detach()
     # What on_train_batch_end receives, as in Lightning: {} for None, the dict (loss detached), or {"loss": ...}.
     if out is None:
         return {}

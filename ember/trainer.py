@@ -262,8 +262,6 @@ class Trainer:
         self._metrics = MetricStore(reduce_fn=self._reduce_for_logging)
         self._eval_steps_seen: dict[int, int] = {}  # eval batches per loader: the x-axis of eval step logs
         self._interrupted = False
-        self._last_loss: Any = None
-        self._resume_batch_idx = 0
         # Exact resume and preemption (ember.checkpoint): where the fit loop is inside an epoch (None between
         # epochs, "batches" once the epoch's iterator is open), what a mid-epoch resume must redo, the RNG the
         # epoch's iterator was opened with, and the signal that asked the run to stop.
@@ -385,10 +383,6 @@ class Trainer:
     @property
     def ckpt_path(self) -> str | None:
         return self._ckpt_path
-
-    @property
-    def default_root_dir_logs(self) -> str:
-        return self.default_root_dir
 
     @property
     def lr_schedulers(self) -> list[Any]:

@@ -210,7 +210,7 @@ def run_range_test(trainer: Any, module: Any, min_lr: float, max_lr: float, num_
     rng = capture_rng()
     saved = {name: getattr(trainer, name) for name in (
         "optimizers", "lr_scheduler_configs", "callbacks", "loggers", "max_steps", "global_step", "current_epoch",
-        "should_stop", "_batches_that_stepped", "_total_batches_run", "hooks", "_last_loss", "_resume_batch_idx")}
+        "should_stop", "_batches_that_stepped", "_total_batches_run", "hooks")}
     saved_metrics = trainer._metrics
     result = LRFinderResult(mode, min_lr, max_lr, num_training)
     try:
