@@ -254,17 +254,16 @@ def save_atomic(obj: Any, path: str) -> None:
     tmp = _temp_name(directory)
     try:
         torch.save(obj, tmp)
-        if background:
-            _finisher.submit(_make_durable, tmp, path, directory, target=path)
-            return
-        _fsync_path(tmp)
-        _finisher.wait()  # earlier background saves land first
-        os.replace(tmp, path)
+        if not background:
+            _finisher.wait()  # earlier background saves land first
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    if background:
+        _finisher.submit(_make_durable, tmp, path, directory, target=path)
+    else:
+        _make_durable(tmp, path, directory)
 
 
 _IN_MEMORY_LIMIT = 64 * 2**20  # bytes of tensors; above it, a background save writes its file in the caller
