@@ -21,10 +21,11 @@ _LAZY = {
     "Trainer": ".trainer",
     "Callback": ".callbacks.callback",
     "seed_everything": ".utilities.seed",
-    "NonFiniteLossError": ".loop",
+    "NonFiniteLossError": ".step",
 }
 _SUBMODULES = {"callbacks", "loggers", "tuner", "utilities", "checkpoint", "runtime", "loop", "hooks", "module",
-               "trainer", "datamodule", "optim", "logging", "strategies"}
+               "trainer", "datamodule", "optim", "logging", "strategies", "config", "state", "data", "step",
+               "hparams"}
 
 __all__ = [*_LAZY, "__version__"]
 

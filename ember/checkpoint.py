@@ -7,19 +7,19 @@ adds an ``ember`` section with what an exact resume needs: where in the epoch
 the save happened, the RNG states, the partial gradients of an unfinished
 accumulation window and the epoch accumulators of logged metrics.
 
-Where a checkpoint can be taken, and what a resume from it does:
+Where a checkpoint can be taken, and what a resume from it does (the
+position is ``FitState.position``; ``FitState.state_dict`` records it):
 
-- between epochs (``trainer._epoch_state is None``): start epoch ``epoch``;
+- between epochs: start epoch ``epoch``;
 - after the batch loop of an epoch, during its closing validation or
-  ``on_train_epoch_end`` (``"ended"``): finish that epoch (epoch schedulers),
-  then start the next one;
-- inside the batch loop (``"batches"``), from ``on_train_batch_end`` or from a
-  validation inside the epoch: reopen the epoch's iterator with the RNG it
-  was opened with (the same shuffle), skip the batches already trained on,
-  put back the RNG of the moment of the save, then run what was left of the
-  saved batch (publishing its step metrics, a validation that was due, the
-  stop checks) and go on;
-- after the whole of a batch (``"between_batches"``, the SIGTERM save).
+  ``on_train_epoch_end``: finish that epoch (epoch schedulers), then start
+  the next one;
+- inside the batch loop, from ``on_train_batch_end`` or from a validation
+  inside the epoch: reopen the epoch's iterator with the RNG it was opened
+  with (the same shuffle), skip the batches already trained on, put back the
+  RNG of the moment of the save, then run what was left of the saved batch
+  (``loop.end_of_batch`` from the recorded phase) and go on;
+- after the whole of a batch (the SIGTERM save).
 
 Files are written to a temporary name in the same directory, fsync'ed and
 renamed over the target, so a crash at any moment leaves either the old
@@ -46,6 +46,8 @@ import zipfile
 from typing import Any, Iterator
 
 import torch
+
+from .state import BatchPhase, FitState, Position, ResumePoint
 
 FORMAT_VERSION = 1
 # Lightning reads this key to decide how to migrate a checkpoint; ember writes
@@ -119,22 +121,15 @@ def _as_python_state(state: Any) -> tuple:
 # --------------------------------------------------------------------------- build
 def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     """The whole training state as one dict (only weights, hparams and counters with ``weights_only``)."""
-    module = trainer.lightning_module
+    module, state = trainer.lightning_module, trainer.state
     ckpt: dict[str, Any] = {
-        "epoch": trainer.current_epoch,
-        "global_step": trainer.global_step,
+        "epoch": state.current_epoch,
+        "global_step": state.global_step,
         "pytorch-lightning_version": LIGHTNING_LAYOUT_VERSION,
         "state_dict": trainer.strategy.lightning_module_state_dict(module),
         "loops": None,
     }
-    info: dict[str, Any] = {
-        "version": _ember_version(),
-        "format": FORMAT_VERSION,
-        "batches_that_stepped": trainer._batches_that_stepped,
-        "total_batches_run": trainer._total_batches_run,
-        "sanity_checked": True,
-    }
-    info.update(_position(trainer))
+    info: dict[str, Any] = {"version": _ember_version(), "format": FORMAT_VERSION, **state.state_dict()}
     ckpt["ember"] = info
     if not weights_only:
         ckpt["optimizer_states"] = [trainer.strategy.optimizer_state(opt) for opt in trainer.optimizers]
@@ -142,28 +137,22 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         scaler = trainer.precision.state_dict()
         if scaler:
             ckpt["native_amp_scaling_state"] = scaler
-        states = {}
-        for cb in trainer.callbacks:
-            cb_state = cb.state_dict()
-            if cb_state:
-                states[cb.state_key] = cb_state
-        ckpt["callbacks"] = states
-        if info.get("restart_epoch") and trainer._epoch_start_rng is not None:
-            info["rng"] = trainer._epoch_start_rng
+        ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
+        if info.get("restart_epoch") and state.epoch_start_rng is not None:
+            info["rng"] = state.epoch_start_rng
         else:
             info["rng"] = capture_rng(loader_generators(trainer.train_dataloader))
         if info["mid_epoch"]:
-            info["epoch_start_rng"] = trainer._epoch_start_rng
-            if trainer._accumulated:
+            info["epoch_start_rng"] = state.epoch_start_rng
+            if state.accumulated:
                 # The gradients summed so far in an unfinished accumulation window.
                 info["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
-        if hasattr(trainer._metrics, "state_dict"):
-            info["metrics"] = trainer._metrics.state_dict()
+        info["metrics"] = trainer.metric_store.state_dict()
         loader_state = _loader_state(trainer.train_dataloader)
         if loader_state is not None:
             info["train_loader_state"] = loader_state
         if trainer.world_size > 1:
-            # Distributed (issue 5): each rank has its own RNG stream (dropout), logged values and, inside an
+            # Distributed: each rank has its own RNG stream (dropout), logged values and, inside an
             # accumulation window, its own unsynced gradients; keep every rank's copy. A collective: every
             # rank builds the checkpoint, rank 0 writes it.
             mine = {k: info.get(k) for k in _PER_RANK}
@@ -172,7 +161,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         ckpt["hparams_name"] = "kwargs"
         ckpt["hyper_parameters"] = dict(module.hparams)
     dm = trainer.datamodule
-    if dm is not None and getattr(dm, "_hparams", None):
+    if dm is not None and dm.hparams:
         ckpt["datamodule_hparams_name"] = "kwargs"
         ckpt["datamodule_hyper_parameters"] = dict(dm.hparams)
     if dm is not None and dm.state_dict():
@@ -185,29 +174,6 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
 
 
 _PER_RANK = ("rng", "epoch_start_rng", "metrics", "grads")  # what differs between ranks under DDP
-
-
-def _position(trainer: Any) -> dict[str, Any]:
-    """Where in the fit loop this save happens (see the module docstring)."""
-    in_fit = trainer.state_fn == "fit" and not trainer.sanity_checking
-    where = trainer._epoch_state if in_fit else None
-    if where == "batches" and getattr(trainer, "_epoch_finished", False):
-        where = "ended"  # the batch loop is over: closing validation or on_train_epoch_end
-    if where in ("batches", "between_batches") and trainer._batches_seen_in_epoch > 0:
-        if where == "between_batches":
-            left = "stop_check"
-        elif trainer.evaluating == "validate":
-            left = "after_validation"  # saved by a validation inside the epoch, once it had run
-        else:
-            left = "batch_end"  # saved from on_train_batch_end: the batch's bookkeeping is still to come
-        return {"mid_epoch": True, "epoch_completed": False, "batches_done_in_epoch": trainer._batches_seen_in_epoch,
-                "accumulated": trainer._accumulated, "left_of_batch": left,
-                "epoch_reached_end": bool(getattr(trainer, "_epoch_reached_end", False))}
-    # Saved before the first batch of an open epoch (on_train_batch_start): restart the epoch, from the RNG it
-    # was opened with so that it shuffles the same way.
-    restart_epoch = where in ("batches", "between_batches")
-    return {"mid_epoch": False, "epoch_completed": where == "ended", "batches_done_in_epoch": 0, "accumulated": 0,
-            "restart_epoch": restart_epoch, "epoch_reached_end": bool(getattr(trainer, "_epoch_reached_end", False))}
 
 
 def _loader_state(loader: Any) -> Any:
@@ -580,14 +546,14 @@ def load_weights_into(module: Any, path: str, strict: bool = True, weights_only:
 def restore_training_state(trainer: Any, path: str, weights_only: bool | None = None) -> None:
     """Put the trainer, model, optimizers, schedulers and callbacks back where the checkpoint left them.
 
-    What the fit loop must redo itself (a mid-epoch position) is left in
-    ``trainer._mid_epoch_resume`` for ``open_train_batches``.
+    What the fit loop must redo itself (a mid-epoch position) is left in ``trainer.state.resume`` for
+    ``open_train_batches``.
     """
-    module = trainer.lightning_module
+    module, state, strategy = trainer.lightning_module, trainer.state, trainer.strategy
     if os.path.isdir(path):  # a sharded checkpoint (FSDP state_dict_type="sharded"): the strategy reads it
-        ckpt = trainer.strategy.load_checkpoint(path)
+        ckpt = strategy.load_checkpoint(path)
     else:
-        ckpt = load_file(path, map_location=trainer.strategy.root_device, weights_only=weights_only)
+        ckpt = load_file(path, map_location=strategy.root_device, weights_only=weights_only)
     if "optimizer_states" not in ckpt:
         raise CheckpointError(
             f"Checkpoint {path!r} holds only the model weights (saved with weights_only=True or "
@@ -595,8 +561,49 @@ def restore_training_state(trainer: Any, path: str, weights_only: bool | None = 
             "Model.load_from_checkpoint(path) and start a new fit, or resume from a full checkpoint."
         )
     trainer.hooks.call("on_load_checkpoint", ckpt)
-    load_state_into(module, ckpt["state_dict"], path, strict=getattr(module, "strict_loading", True),
-                    strategy=trainer.strategy)
+    load_state_into(module, ckpt["state_dict"], path, strict=getattr(module, "strict_loading", True), strategy=strategy)
+    _load_optimization_state(trainer, ckpt, path)
+    cb_states = ckpt.get("callbacks") or {}
+    for cb in trainer.callbacks:
+        if cb.state_key in cb_states:
+            cb.load_state_dict(cb_states[cb.state_key])
+    dm = trainer.datamodule
+    if dm is not None and type(dm).__qualname__ in ckpt:
+        dm.load_state_dict(ckpt[type(dm).__qualname__])
+
+    info = ckpt.get("ember") or _from_lightning(ckpt, path)
+    per_rank = info.get("per_rank")
+    if per_rank and len(per_rank) == trainer.world_size:  # same number of ranks: each takes back its own
+        info = {**info, **{k: v for k, v in per_rank[trainer.global_rank].items() if v is not None}}
+    state.load_state_dict(info, ckpt["epoch"], ckpt["global_step"])
+    if info.get("metrics") is not None:
+        trainer.metric_store.load_state_dict(info["metrics"])
+    loader_restored = "train_loader_state" in info and _restore_loader(trainer.train_dataloader,
+                                                                       info["train_loader_state"])
+    for name, p in module.named_parameters():
+        grad = (info.get("grads") or {}).get(name)
+        if grad is not None:
+            p.grad = grad.to(device=p.device, dtype=p.dtype).clone()
+    if info.get("mid_epoch"):
+        state.resume = ResumePoint(
+            batches_done=info["batches_done_in_epoch"], accumulated=info.get("accumulated", 0),
+            phase=FitState.saved_phase(info), epoch_start_rng=info.get("epoch_start_rng"), rng=info.get("rng"),
+            metrics=info.get("metrics"), loader_restored=loader_restored,
+            epoch_reached_end=info.get("epoch_reached_end", False))
+        return  # the RNG is put back by open_train_batches, once the epoch's iterator exists again
+    if info.get("epoch_completed"):
+        # Saved in on_train_epoch_end: close the epoch now as the run that wrote the checkpoint did next
+        # (its metric accumulators restart, plateau schedulers step, the epoch counter moves on).
+        from .loop import finish_epoch
+
+        trainer.metric_store.reset_stage("train")
+        state.epoch_reached_end = info.get("epoch_reached_end", True)
+        finish_epoch(trainer.run_context)
+    if info.get("rng") is not None:
+        restore_rng(info["rng"], loader_generators(trainer.train_dataloader))
+
+
+def _load_optimization_state(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     states = ckpt["optimizer_states"]
     if len(states) != len(trainer.optimizers):
         raise CheckpointError(f"Checkpoint {path!r} holds {len(states)} optimizer state(s) but configure_optimizers() "
@@ -611,51 +618,6 @@ def restore_training_state(trainer: Any, path: str, weights_only: bool | None = 
         cfg.scheduler.load_state_dict(st)
     if "native_amp_scaling_state" in ckpt:
         trainer.precision.load_state_dict(ckpt["native_amp_scaling_state"])
-    cb_states = ckpt.get("callbacks") or {}
-    for cb in trainer.callbacks:
-        if cb.state_key in cb_states:
-            cb.load_state_dict(cb_states[cb.state_key])
-    dm = trainer.datamodule
-    if dm is not None and type(dm).__qualname__ in ckpt:
-        dm.load_state_dict(ckpt[type(dm).__qualname__])
-
-    info = ckpt.get("ember") or _from_lightning(ckpt, path)
-    per_rank = info.get("per_rank")
-    if per_rank and len(per_rank) == trainer.world_size:  # same number of ranks: each takes back its own
-        info = {**info, **{k: v for k, v in per_rank[trainer.global_rank].items() if v is not None}}
-    trainer.global_step = ckpt["global_step"]
-    trainer.current_epoch = ckpt["epoch"]
-    trainer._batches_that_stepped = info.get("batches_that_stepped", ckpt["global_step"])
-    trainer._total_batches_run = info.get("total_batches_run", trainer._batches_that_stepped)
-    if info.get("sanity_checked"):
-        trainer.sanity_checked = True
-    if info.get("metrics") is not None and hasattr(trainer._metrics, "load_state_dict"):
-        trainer._metrics.load_state_dict(info["metrics"])
-    loader_restored = False
-    if "train_loader_state" in info:
-        loader_restored = _restore_loader(trainer.train_dataloader, info["train_loader_state"])
-    for name, p in module.named_parameters():
-        grad = (info.get("grads") or {}).get(name)
-        if grad is not None:
-            p.grad = grad.to(device=p.device, dtype=p.dtype).clone()
-    if info.get("mid_epoch"):
-        trainer._mid_epoch_resume = {
-            "batches_done": info["batches_done_in_epoch"], "accumulated": info.get("accumulated", 0),
-            "left_of_batch": info.get("left_of_batch", "batch_end"), "epoch_start_rng": info.get("epoch_start_rng"),
-            "rng": info.get("rng"), "metrics": info.get("metrics"), "loader_restored": loader_restored,
-            "epoch_reached_end": info.get("epoch_reached_end", False),
-        }
-        return  # the RNG is put back by open_train_batches, once the epoch's iterator exists again
-    if info.get("epoch_completed"):
-        # Saved in on_train_epoch_end: close the epoch now as the run that wrote the checkpoint did next
-        # (its metric accumulators restart, plateau schedulers step, the epoch counter moves on).
-        if hasattr(trainer._metrics, "reset_stage"):
-            trainer._metrics.reset_stage("train")
-        trainer._epoch_reached_end = info.get("epoch_reached_end", True)
-        trainer._finish_epoch()
-        trainer._epoch_state = None
-    if info.get("rng") is not None:
-        restore_rng(info["rng"], loader_generators(trainer.train_dataloader))
 
 
 def _from_lightning(ckpt: dict[str, Any], path: str) -> dict[str, Any]:
@@ -684,43 +646,41 @@ def _restore_loader(loader: Any, saved: dict[str, Any]) -> bool:
 
 
 # --------------------------------------------------------------------------- the epoch's iterator
-def open_train_batches(trainer: Any) -> tuple[Iterator[tuple[int, Any]], str | None]:
-    """This epoch's ``(batch_idx, batch)`` pairs, and what is left of the saved batch on a mid-epoch resume.
+def open_train_batches(run: Any) -> tuple[Iterator[tuple[int, Any]], BatchPhase | None]:
+    """This epoch's ``(batch_idx, batch)`` pairs, and the phase of the saved batch a mid-epoch resume goes on from.
 
     The RNG is captured just before the iterator is created, because creating
     it draws the shuffle order (and the workers' seeds); a mid-epoch
     checkpoint stores that capture so a resume draws the same order. Runs
     once per epoch, never per step.
     """
-    loader = trainer.train_dataloader
-    resume = trainer._mid_epoch_resume
-    trainer._mid_epoch_resume = None
+    state, loader = run.state, run.data.train_dataloader
+    resume, state.resume = state.resume, None
     gens = loader_generators(loader)
-    if resume is not None and resume["epoch_start_rng"] is not None:
-        restore_rng(resume["epoch_start_rng"], gens)
-    trainer._epoch_start_rng = capture_rng(gens)
-    trainer._epoch_state = "batches"
+    if resume is not None and resume.epoch_start_rng is not None:
+        restore_rng(resume.epoch_start_rng, gens)
+    state.epoch_start_rng = capture_rng(gens)
+    state.position = Position.IN_BATCHES
     iterator = iter(loader)
     skip = 0
     if resume is not None:
-        skip = resume["batches_done"]
-        if resume["epoch_start_rng"] is None:
+        skip = resume.batches_done
+        if resume.epoch_start_rng is None:
             _warn_once("no-epoch-rng", "The checkpoint does not hold the RNG state of its epoch's start, so the "
                        "resumed epoch may draw a different shuffle order than the interrupted one.")
-        if skip and not resume["loader_restored"]:
+        if skip and not resume.loader_restored:
             _skip_batches(iterator, loader, skip)
-        if resume["rng"] is not None:
-            restore_rng(resume["rng"], gens)
-        if resume["metrics"] is not None and hasattr(trainer._metrics, "load_state_dict"):
-            trainer._metrics.load_state_dict(resume["metrics"])  # the epoch accumulators begin() just cleared
-        trainer._accumulated = resume["accumulated"]
-        trainer._batches_seen_in_epoch = skip
-        trainer._epoch_reached_end = resume["epoch_reached_end"]
+        if resume.rng is not None:
+            restore_rng(resume.rng, gens)
+        if resume.metrics is not None:
+            run.metrics.load_state_dict(resume.metrics)  # the epoch accumulators the epoch's start just cleared
+        state.accumulated, state.batches_seen_in_epoch = resume.accumulated, skip
+        state.epoch_reached_end = resume.epoch_reached_end
     pairs: Iterator[tuple[int, Any]] = enumerate(iterator, skip)
-    limit = trainer._train_limit
+    limit = run.data.train_limit
     if limit is not None:
         pairs = itertools.islice(pairs, max(limit - skip, 0))
-    return pairs, (resume["left_of_batch"] if resume is not None and skip else None)
+    return pairs, (resume.phase if resume is not None and skip else None)
 
 
 def _skip_batches(iterator: Any, loader: Any, n: int) -> None:
@@ -798,8 +758,9 @@ def preemption_guard(trainer: Any) -> Iterator[None]:
     """For the duration of the fit loop, turn SIGTERM into "finish this step, save, exit".
 
     The handler only sets flags; the loop acts on them at the next step
-    boundary (``Trainer._stop_within_epoch``), so no step is ever cut in half.
+    boundary (``loop.stop_within_epoch``), so no step is ever cut in half.
     """
+    state = trainer.state
     previous = None
     installed = threading.current_thread() is threading.main_thread()
     if installed:
@@ -808,11 +769,10 @@ def preemption_guard(trainer: Any) -> Iterator[None]:
             installed = False  # the program asked to ignore SIGTERM; respect that
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        if trainer._preempt_signal is None:
+        if state.preempt_signal is None:
             print(f"ember: received {signal.Signals(signum).name}; finishing the current step, then saving a "
                   "checkpoint.", file=sys.stderr, flush=True)
-        trainer._preempt_signal = signum
-        trainer.should_stop = True
+        state.preempt_signal, state.should_stop = signum, True
         if callable(previous):
             previous(signum, frame)
 
@@ -820,9 +780,9 @@ def preemption_guard(trainer: Any) -> Iterator[None]:
         signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
-        if trainer._preempt_signal is not None:
+        if state.preempt_signal is not None:
             # The signal came after the last step (closing validation or hooks): the fit ended normally.
-            raise TrainingPreempted(trainer._preempt_signal)
+            raise TrainingPreempted(state.preempt_signal)
     except TrainingPreempted as exc:
         exc.checkpoint_path = _save_preemption_checkpoint(trainer)
         if trainer.is_global_zero:
@@ -834,15 +794,14 @@ def preemption_guard(trainer: Any) -> Iterator[None]:
     finally:
         if installed:
             signal.signal(signal.SIGTERM, previous)
-        trainer._preempt_signal = None
+        state.preempt_signal = None
 
 
 def _save_preemption_checkpoint(trainer: Any) -> str:
     """Save to the first ModelCheckpoint's "last" file (or ``default_root_dir/last.ckpt``)."""
     cb = trainer.checkpoint_callback
     if cb is not None and getattr(cb, "dirpath", None):
-        path = cb.format_checkpoint_name(cb._monitor_candidates(trainer), cb.CHECKPOINT_NAME_LAST)
-        cb.last_model_path = path
+        path = cb.last_model_path = cb.last_checkpoint_path(trainer)
     else:
         path = os.path.join(trainer.default_root_dir, "last.ckpt")
     trainer.save_checkpoint(path)
@@ -853,13 +812,15 @@ def _save_preemption_checkpoint(trainer: Any) -> str:
 def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, hparams_file: Any = None,
                                 strict: bool | None = None, weights_only: bool | None = None, **overrides: Any) -> Any:
     """Build ``cls`` from the checkpoint's hyper-parameters (``overrides`` win), then load its weights."""
+    from .hparams import init_kwargs, read_hparams_file
+
     path = os.fspath(path)
     ckpt = load_file(path, map_location=map_location or "cpu", weights_only=weights_only)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if hparams_file is not None:
-        hparams.update(_read_hparams_file(hparams_file))
+        hparams.update(read_hparams_file(hparams_file))
     hparams.update(overrides)
-    module = cls(**_init_kwargs(cls, hparams))
+    module = cls(**init_kwargs(cls, hparams))
     module.on_load_checkpoint(ckpt)
     if strict is None:
         strict = getattr(module, "strict_loading", True)
@@ -867,25 +828,6 @@ def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, 
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         module.to(map_location)
     return module  # left in train mode, as Lightning does
-
-
-def _read_hparams_file(path: Any) -> dict[str, Any]:
-    path = os.fspath(path)
-    if not path.endswith((".yaml", ".yml")):
-        raise ValueError(f"hparams_file={path!r}: ember reads .yaml hyper-parameter files only.")
-    import yaml  # only needed for this rarely used option
-
-    with open(path) as fh:
-        return dict(yaml.safe_load(fh) or {})
-
-
-def _init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return hparams
-    return {k: v for k, v in hparams.items() if k in params}
 
 
 def find_checkpoint(trainer: Any, which: str) -> str | None:
@@ -909,7 +851,7 @@ def find_checkpoint(trainer: Any, which: str) -> str | None:
     for cb in cbs:
         if getattr(cb, "last_model_path", "") and os.path.isfile(cb.last_model_path):
             last.append(cb.last_model_path)
-        for directory in _search_dirs(cb):
+        for directory in cb.checkpoint_dirs():
             for name in os.listdir(directory):
                 full = os.path.join(directory, name)
                 if not name.endswith(cb.FILE_EXTENSION) or not os.path.isfile(full):
@@ -924,24 +866,3 @@ def find_checkpoint(trainer: Any, which: str) -> str | None:
                       "for in the ModelCheckpoint's dirpath.", UserWarning, stacklevel=3)
         return None
     return max(candidates, key=os.path.getmtime)
-
-
-def _search_dirs(cb: Any) -> list[str]:
-    """The callback's dirpath, and with the default layout also the other ``version_N/checkpoints`` folders.
-
-    A new run gets a new logger version, so a requeued job would otherwise
-    never see the checkpoints of the run it continues.
-    """
-    dirpath = getattr(cb, "dirpath", None)
-    if not dirpath:
-        return []
-    dirs = [dirpath] if os.path.isdir(dirpath) else []
-    if getattr(cb, "_dirpath_is_default", False):
-        version_dir = os.path.dirname(dirpath)
-        parent = os.path.dirname(version_dir)
-        if os.path.basename(version_dir).startswith("version_") and os.path.isdir(parent):
-            for name in sorted(os.listdir(parent)):
-                other = os.path.join(parent, name, os.path.basename(dirpath))
-                if name.startswith("version_") and other != dirpath and os.path.isdir(other):
-                    dirs.append(other)
-    return dirs

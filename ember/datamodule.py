@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .hparams import HyperparametersMixin
 
-class LightningDataModule:
+
+class LightningDataModule(HyperparametersMixin):
     """Groups ``prepare_data``, ``setup(stage)`` and the ``*_dataloader`` methods."""
 
     def __init__(self) -> None:
@@ -34,35 +36,7 @@ class LightningDataModule:
 
     def on_exception(self, exception: BaseException) -> None: ...
 
-    # save_hyperparameters/hparams work exactly as on the module.
-    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
-        import inspect
-
-        from .module import AttributeDict, _collect_init_args
-
-        frame = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
-        args_found = _collect_init_args(frame, type(self))
-        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
-        chosen = {k: v for k, v in args_found.items() if (not args or k in args) and k not in ignored}
-        self._hparams = AttributeDict(chosen)
-        import copy
-
-        self._hparams_initial = AttributeDict(copy.deepcopy(chosen))
-        self._log_hyperparams = logger  # the Trainer sends them to the loggers (merged with the module's)
-
-    @property
-    def hparams_initial(self) -> Any:
-        from .module import AttributeDict
-
-        return AttributeDict(getattr(self, "_hparams_initial", {}))
-
-    @property
-    def hparams(self) -> Any:
-        from .module import AttributeDict
-
-        if not hasattr(self, "_hparams"):
-            self._hparams = AttributeDict()
-        return self._hparams
+    # save_hyperparameters/hparams/hparams_initial work exactly as on the module (ember.hparams).
 
     @classmethod
     def from_datasets(cls, train_dataset: Any = None, val_dataset: Any = None, test_dataset: Any = None,

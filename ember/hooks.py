@@ -1,61 +1,76 @@
-"""One place that decides who hears each event, and in which order.
+"""Every event, who hears it and in which order, as data; and the one dispatcher that fires them.
 
 The loop never calls a callback or a module hook directly: it calls
-``HookDispatcher.call(name, *args)``. Who listens, and in which order, is the
-data below; ``tests/test_hook_order.py`` records every call of a real fit,
-validate, test and predict and compares the sequence with Lightning's.
+``HookDispatcher.call(name, *args)`` (or, in the per-batch code, the
+listeners it fetched once per epoch). ``LISTENERS`` says who listens to each
+event; ``ORDER`` is the sequence of events of fit, validate, test and
+predict. ``tests/test_hooks_table.py`` checks the ``Callback`` and
+``LightningModule`` stubs against ``LISTENERS`` and a recorded run against
+``ORDER``; ``tests/test_hook_order.py`` compares recorded runs with
+Lightning 2.6.6's.
 
 Hooks nobody overrides are dropped when the table is built, so an empty event
 costs one dict lookup and an empty loop in the hot path.
 """
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any, Callable
 
-# Events the Callback base class defines (all no-ops there).
-CALLBACK_EVENTS: tuple[str, ...] = (
-    "setup", "teardown",
-    "on_fit_start", "on_fit_end",
-    "on_sanity_check_start", "on_sanity_check_end",
-    "on_train_start", "on_train_end",
-    "on_train_epoch_start", "on_train_epoch_end",
-    "on_train_batch_start", "on_train_batch_end",
-    "on_validation_start", "on_validation_end",
-    "on_validation_epoch_start", "on_validation_epoch_end",
-    "on_validation_batch_start", "on_validation_batch_end",
-    "on_test_start", "on_test_end",
-    "on_test_epoch_start", "on_test_epoch_end",
-    "on_test_batch_start", "on_test_batch_end",
-    "on_predict_start", "on_predict_end",
-    "on_predict_epoch_start", "on_predict_epoch_end",
-    "on_predict_batch_start", "on_predict_batch_end",
-    "on_before_backward", "on_after_backward",
-    "on_before_optimizer_step", "on_before_zero_grad",
-    "on_save_checkpoint", "on_load_checkpoint",
-    "on_exception",
-)
+_BOTH = ("callbacks", "module")
 
-# Who hears an event: "callbacks" (every callback, in list order), "module",
-# or the split Lightning uses for the end of a training epoch, where the
-# monitoring callbacks (checkpointing, early stopping) must see what the
-# module logged in its own ``on_train_epoch_end``.
-DEFAULT_LISTENERS: tuple[str, ...] = ("callbacks", "module")
+# Who hears an event: "callbacks" (every callback, in list order), "module", or the split Lightning uses at
+# the end of a training epoch, where the monitoring callbacks (checkpointing, early stopping) must see what
+# the module logged in its own ``on_train_epoch_end``. The module's hook takes the callback's arguments
+# without (trainer, pl_module).
 LISTENERS: dict[str, tuple[str, ...]] = {
-    "on_train_epoch_end": ("plain_callbacks", "module", "monitor_callbacks"),
-    # The module and its callbacks see a checkpoint being written after the
-    # callbacks have put their own state in it.
-    "on_save_checkpoint": ("callbacks", "module"),
-    "on_load_checkpoint": ("module", "callbacks"),
-    # The module has no on_sanity_check_* / on_exception hooks.
-    "on_sanity_check_start": ("callbacks",),
-    "on_sanity_check_end": ("callbacks",),
+    "setup": _BOTH, "teardown": _BOTH,
+    "on_fit_start": _BOTH, "on_fit_end": _BOTH,
+    "on_sanity_check_start": ("callbacks",), "on_sanity_check_end": ("callbacks",),
+    "on_train_start": _BOTH, "on_train_end": _BOTH,
+    "on_train_epoch_start": _BOTH, "on_train_epoch_end": ("plain_callbacks", "module", "monitor_callbacks"),
+    "on_train_batch_start": _BOTH, "on_train_batch_end": _BOTH,
+    **{f"on_{stage}_{when}": _BOTH for stage in ("validation", "test", "predict")
+       for when in ("start", "end", "epoch_start", "epoch_end", "batch_start", "batch_end")},
+    "on_before_backward": _BOTH, "on_after_backward": _BOTH,
+    "on_before_optimizer_step": _BOTH, "on_before_zero_grad": _BOTH,
+    # The module and its callbacks see a checkpoint being written after the callbacks put their own state in it.
+    "on_save_checkpoint": _BOTH, "on_load_checkpoint": ("module", "callbacks"),
     "on_exception": ("callbacks",),
 }
 
-# Callback events whose module counterpart takes the same arguments minus
-# (trainer, pl_module). ``setup``/``teardown`` take ``stage`` on both sides.
-_MODULE_ALSO_HAS = frozenset(CALLBACK_EVENTS) - {"on_sanity_check_start", "on_sanity_check_end", "on_exception"}
+# The events of each entry point, in order. A name in ORDER is a group of events; "?" marks what may not
+# happen, "*" what repeats. Saving, loading and exceptions happen out of this order.
+ORDER: dict[str, tuple[str, ...]] = {
+    "fit": ("setup", "on_fit_start", "sanity_check?", "on_train_start", "train_epoch*", "on_train_end",
+            "on_fit_end", "teardown"),
+    "validate": ("setup", "validation?", "teardown"),
+    "test": ("setup", "test_run?", "teardown"),
+    "predict": ("setup", "predict_run?", "teardown"),
+    "sanity_check": ("on_sanity_check_start", "validation?", "on_sanity_check_end"),
+    "train_epoch": ("on_train_epoch_start", "train_batch*", "validation?", "on_train_epoch_end"),
+    # on_train_batch_start returning -1 ends the epoch before the step.
+    "train_batch": ("on_train_batch_start", "optimization?", "on_train_batch_end?", "validation?"),
+    "optimization": ("on_before_zero_grad?", "on_before_backward?", "on_after_backward?",
+                     "on_before_optimizer_step?"),
+    **{f"{stage}{run}": (f"on_{stage}_start", f"on_{stage}_epoch_start", f"{stage}_batch*", f"on_{stage}_epoch_end",
+                         f"on_{stage}_end") for stage, run in (("validation", ""), ("test", "_run"), ("predict", "_run"))},
+    **{f"{stage}_batch": (f"on_{stage}_batch_start", f"on_{stage}_batch_end") for stage in ("validation", "test",
+                                                                                          "predict")},
+}
+OUT_OF_ORDER = ("on_save_checkpoint", "on_load_checkpoint", "on_exception")
+
+
+def order_pattern(entry: str) -> re.Pattern[str]:
+    """A regular expression over ``"event;event;..."`` that the events of one ``entry`` point must match."""
+
+    def expand(name: str) -> str:
+        base, mark = (name[:-1], name[-1]) if name[-1] in "?*" else (name, "")
+        body = "".join(expand(n) for n in ORDER[base]) if base in ORDER else re.escape(base) + ";"
+        return f"(?:{body}){mark}"
+
+    return re.compile(expand(entry))
 
 
 def is_overridden(obj: Any, name: str, base: type) -> bool:
@@ -67,8 +82,8 @@ def is_overridden(obj: Any, name: str, base: type) -> bool:
 
 
 def _is_monitor(callback: Any) -> bool:
-    # Checkpointing and early stopping read metrics the module logs at the
-    # end of an epoch, so they run after the module there.
+    # Checkpointing and early stopping read metrics the module logs at the end of an epoch, so they run
+    # after the module there.
     return getattr(callback, "_monitors_metrics", False)
 
 
@@ -80,21 +95,19 @@ class HookDispatcher:
         from .module import LightningModule
 
         self._table: dict[str, tuple[Callable[..., Any], ...]] = {}
-        for event in CALLBACK_EVENTS:
+        for event, listeners in LISTENERS.items():
             found: list[Callable[..., Any]] = []
-            for who in LISTENERS.get(event, DEFAULT_LISTENERS):
+            for who in listeners:
                 if who == "module":
-                    if event in _MODULE_ALSO_HAS and is_overridden(module, event, LightningModule):
+                    if is_overridden(module, event, LightningModule):
                         found.append(getattr(module, event))
                     continue
                 for cb in callbacks:
-                    if who == "plain_callbacks" and _is_monitor(cb):
+                    if who != "callbacks" and _is_monitor(cb) != (who == "monitor_callbacks"):
                         continue
-                    if who == "monitor_callbacks" and not _is_monitor(cb):
-                        continue
-                    # ``_idle_events``: hooks a callback implements but has nothing to do in for this run
+                    # ``idle_events``: hooks a callback implements but has nothing to do in for this run
                     # (a ModelCheckpoint that saves once per epoch skips the per-step hook).
-                    if is_overridden(cb, event, Callback) and event not in getattr(cb, "_idle_events", ()):
+                    if is_overridden(cb, event, Callback) and event not in getattr(cb, "idle_events", ()):
                         found.append(partial(getattr(cb, event), trainer, module))
             self._table[event] = tuple(found)
 

@@ -177,7 +177,8 @@ class MetricStore:
     they are brought up to date when read and whenever the loop changes stage or phase, never per step.
     """
 
-    def __init__(self, reduce_fn: Callable[[torch.Tensor, str], torch.Tensor] | None = None) -> None:
+    def __init__(self, reduce_fn: Callable[..., torch.Tensor] | None = None) -> None:
+        # reduce_fn(value, reduce_op="mean"|...): the strategy's all-reduce, for sync_dist=True
         self._by_stage: dict[str, dict[tuple, _Entry]] = {}
         self.entries: dict[tuple, _Entry] = {}
         self.stage: str | None = None  # None: self.log is not allowed here (setup, on_fit_start, on_*_end ...)
@@ -190,7 +191,7 @@ class MetricStore:
         self._logged: dict[str, Any] = {}
         self._pbar: dict[str, Any] = {}
         self._reduce_fn = reduce_fn
-        self._stepped_keys: list[_Entry] = []  # entries of the stage logged on step: loggers may want them
+        self.stepped: list[_Entry] = []  # entries of the stage logged on step: loggers may want them (read by the loop)
         self._fast: dict[tuple, _Entry] = {}  # the exact call -> its entry, in the current stage and phase
 
     # ---- kept for code that sets the defaults directly --------------------------
@@ -276,7 +277,7 @@ class MetricStore:
         self._fast = {}  # entries are per stage and phase
         if stage is not None:
             self.entries = self._by_stage.setdefault(stage, {})
-            self._stepped_keys = [e for e in self.entries.values() if e.on_step]
+            self.stepped = [e for e in self.entries.values() if e.on_step]
         if phase != "batch":
             self.dataloader_idx = None
 
@@ -296,13 +297,19 @@ class MetricStore:
         self._by_stage.clear()
         self.entries = {}
         self._fast = {}
-        self._stepped_keys = []
+        self.stepped = []
         self._callback = {}
         self._logged = {}
         self._pbar = {}
         self.stage = None
         self.phase = "epoch"
         self.dataloader_idx = None
+
+    def clear_views(self) -> None:
+        """Empty the three views (the learning-rate finder's range test leaves nothing visible)."""
+        self._callback.clear()
+        self._logged.clear()
+        self._pbar.clear()
 
     # ---- called from LightningModule.log --------------------------------------------
     def log(self, module: Any, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None,
@@ -382,7 +389,7 @@ class MetricStore:
             self._check_collision(entry)
             self.entries[key] = entry
             if on_step:
-                self._stepped_keys.append(entry)
+                self.stepped.append(entry)
         elif entry.settings() != (on_step, on_epoch, reduce, prog_bar, logger):
             raise ValueError(
                 f"self.log({name!r}) was called with on_step={on_step}, on_epoch={on_epoch}, reduce_fx={reduce!r}, "
@@ -391,7 +398,7 @@ class MetricStore:
                 f"prog_bar={entry.prog_bar}, logger={entry.logger}. Use one setting per name."
             )
         if sync_dist and self._reduce_fn is not None and not is_metric:
-            value = self._reduce_fn(value, reduce)
+            value = self._reduce_fn(value, reduce_op=reduce)
         elif not is_metric:
             self._fast[fast_key] = entry  # next time this exact call goes straight to the update
         if on_epoch and not is_metric and batch_size is None:
@@ -463,7 +470,7 @@ class MetricStore:
         self._fast = {}
         if self.stage == "train":
             self.entries = train
-            self._stepped_keys = [e for e in train.values() if e.on_step]
+            self.stepped = [e for e in train.values() if e.on_step]
         self._callback = dict(state.get("callback_metrics", {}))
         self._logged = dict(state.get("logged_metrics", {}))
         self._pbar = dict(state.get("progress_bar_metrics", {}))
@@ -472,3 +479,73 @@ class MetricStore:
 
 def as_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: (v.item() if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}
+
+
+# ---- what reaches the loggers, and when ---------------------------------------------------------------
+# Lightning's schedule: step values reach the loggers every log_every_n_steps optimizer steps; epoch values
+# once per epoch/evaluation; each write is stamped with the count of optimizer steps taken before the
+# current batch (Lightning's "batches that stepped"). ``run`` is the loop's ``Run``.
+def publish_step_metrics(run: Any, eval_stage: str | None = None, dataloader_idx: int = 0) -> None:
+    """Step values to the loggers: after a training batch (when due) or after an eval batch."""
+    metrics, state = run.metrics, run.state
+    if not metrics.stepped or not run.loggers or state.sanity_checking:
+        return
+    if eval_stage is not None:
+        # Eval step values are stamped with the batch count of their loader (Lightning), without 'epoch'.
+        write_logs(run, metrics.step_log_values(), step=state.eval_steps_seen.get(dataloader_idx, 0), add_epoch=False)
+        return
+    if state.accumulated != 0 and run.module.automatic_optimization:
+        return  # only after an optimizer step
+    n = run.config.log_every_n_steps
+    if n and (state.batches_that_stepped % n == 0 or state.should_stop):
+        write_logs(run, metrics.step_log_values(), step=state.batches_that_stepped - 1)
+
+
+def write_logs(run: Any, values: dict[str, Any], step: int | None = None, add_epoch: bool = True) -> None:
+    """Lightning's ``log_metrics``: floats to every logger; 'epoch' is added when the step is implied."""
+    if not run.loggers or not values:
+        return
+    state = run.state
+    run.metrics._logged.update(values)
+    floats = as_floats(values)
+    if step is None:
+        logged_step = floats.pop("step", None)  # a metric named "step" sets the x-axis (Lightning)
+        if logged_step is not None:
+            step = int(logged_step)
+        elif state.fn == "fit" and state.accumulated == 0:
+            # ember counts a batch's optimizer step right after it; Lightning after the batch's validation.
+            step = max(state.batches_that_stepped - 1, 0)
+        else:
+            step = state.batches_that_stepped
+    if add_epoch and "step" not in values:
+        floats.setdefault("epoch", state.current_epoch)
+    for lg in run.loggers:
+        lg.log_metrics(floats, step=step)
+
+
+def write_train_epoch(run: Any) -> None:
+    """After on_train_epoch_end: the epoch values, with the step count of the epoch's last batch (Lightning)."""
+    write_logs(run, run.metrics.epoch_log_values(), step=max(run.state.batches_that_stepped - 1, 0))
+    run.metrics.reset_stage("train")
+
+
+def eval_loader_values(run: Any, dataloader_idx: int | None) -> dict[str, Any]:
+    """The epoch values of one eval loader, kept for validate()/test()'s return (not during sanity)."""
+    return {} if run.state.sanity_checking else run.metrics.epoch_log_values(dataloader_idx)
+
+
+def write_eval_epoch(run: Any, outputs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """After on_*_epoch_end: merge what the epoch hooks logged into each loader's values, write them."""
+    metrics = run.metrics
+    metrics.refresh()  # the views take the epoch values, sanity check included
+    if run.state.sanity_checking:
+        return []
+    at_end = metrics.epoch_log_values(None)
+    everything: dict[str, Any] = {}
+    for out in outputs:
+        everything.update(out)
+        out.update(at_end)
+    everything.update(at_end)
+    write_logs(run, everything)
+    return [as_floats(out) for out in outputs]
+

@@ -5,36 +5,21 @@ the no-op ones, so a model pays only for the hooks it overrides.
 """
 from __future__ import annotations
 
-import inspect
-from argparse import Namespace
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-
-class AttributeDict(dict):
-    """A dict whose keys read like attributes: ``self.hparams.lr``."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"hparams has no {key!r}; it has {sorted(self)}") from None
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
+from .hparams import AttributeDict, HyperparametersMixin  # noqa: F401  (AttributeDict: imported from here too)
 
 
-class LightningModule(nn.Module):
+class LightningModule(HyperparametersMixin, nn.Module):
     """Weights in ``__init__``, ``forward``, ``training_step``, ``configure_optimizers``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._trainer: Any = None
         self._automatic_optimization = True
-        self._hparams: AttributeDict = AttributeDict()
-        self._hparams_initial: AttributeDict = AttributeDict()
         self._device = torch.device("cpu")
         self._log_hyperparams = False  # save_hyperparameters(logger=True) turns it on (Lightning's default)
         self.example_input_array: Any = None
@@ -143,48 +128,14 @@ class LightningModule(nn.Module):
         if self._trainer is None:
             return  # Lightning ignores log() outside a Trainer run as well
         # Positional: this runs once per metric per step, keyword passing would cost more than the rest.
-        self._trainer._metrics.log(self, name, value, prog_bar, True if logger is None else logger, on_step, on_epoch,
+        self._trainer.metric_store.log(self, name, value, prog_bar, True if logger is None else logger, on_step, on_epoch,
                                    reduce_fx, enable_graph, sync_dist, add_dataloader_idx, batch_size)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():
             self.log(name, value, **kwargs)
 
-    # ---- hyperparameters ---------------------------------------------------
-    def save_hyperparameters(
-        self, *args: Any, ignore: str | Iterable[str] | None = None, frame: Any = None, logger: bool = True
-    ) -> None:
-        """Capture the arguments of the ``__init__`` that calls this into ``self.hparams``."""
-        self._log_hyperparams = logger
-        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
-        frame = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
-        init_args = _collect_init_args(frame, type(self))
-        if args and all(isinstance(a, str) for a in args):
-            chosen = {k: init_args[k] for k in args if k in init_args}
-        elif len(args) == 1 and isinstance(args[0], (dict, Namespace)):
-            chosen = dict(vars(args[0]) if isinstance(args[0], Namespace) else args[0])
-        elif args:
-            raise ValueError(
-                "save_hyperparameters(*args) takes names of __init__ arguments, or one dict/Namespace; "
-                f"got {args!r}."
-            )
-        else:
-            chosen = dict(init_args)
-        for key in ignored:
-            chosen.pop(key, None)
-        self._hparams.update(chosen)
-        import copy
-
-        self._hparams_initial = AttributeDict(copy.deepcopy(dict(self._hparams)))
-
-    @property
-    def hparams(self) -> AttributeDict:
-        return self._hparams
-
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        return AttributeDict(self._hparams_initial)
-
+    # ---- hyperparameters: save_hyperparameters, hparams, hparams_initial (ember.hparams) ----
     @classmethod
     def load_from_checkpoint(
         cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
@@ -210,13 +161,9 @@ class LightningModule(nn.Module):
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizer(s); wrapped so that ``step()`` runs the hooks, the precision and counts global_step."""
         trainer = self.trainer
-        opts = trainer.optimizers
-        if use_pl_optimizer:
-            from .optim import LightningOptimizer
-
-            # One wrapper per optimizer for the whole run (the same object on every call, as in Lightning).
-            cache = trainer.__dict__.setdefault("_optimizer_wrappers", {})
-            opts = [cache.get(id(o)) or cache.setdefault(id(o), LightningOptimizer(o, trainer)) for o in opts]
+        run = trainer.run_context
+        # One wrapper per optimizer for the whole run (the same object on every call, as in Lightning).
+        opts = run.lightning_optimizers if use_pl_optimizer and run is not None else trainer.optimizers
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self) -> Any:
@@ -233,7 +180,9 @@ class LightningModule(nn.Module):
                 "manual_backward() is for manual optimization; set `self.automatic_optimization = False` in "
                 f"{type(self).__name__}.__init__ or return the loss from training_step instead."
             )
-        self.trainer._manual_backward(loss, *args, **kwargs)
+        from .step import manual_backward
+
+        manual_backward(self.trainer.run_context, loss, lambda t: self.backward(t, *args, **kwargs))
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         loss.backward(*args, **kwargs)
@@ -402,19 +351,24 @@ class LightningModule(nn.Module):
         self.zero_grad()
 
     def on_validation_model_eval(self) -> None:
-        self.trainer._model_for_eval().eval()
+        self._wrapped().eval()
 
     def on_validation_model_train(self) -> None:
-        self.trainer._model_for_eval().train()
+        self._wrapped().train()
 
     def on_test_model_eval(self) -> None:
-        self.trainer._model_for_eval().eval()
+        self._wrapped().eval()
 
     def on_test_model_train(self) -> None:
-        self.trainer._model_for_eval().train()
+        self._wrapped().train()
 
     def on_predict_model_eval(self) -> None:
-        self.trainer._model_for_eval().eval()
+        self._wrapped().eval()
+
+    def _wrapped(self) -> nn.Module:
+        """What forward runs through: the strategy's wrapper (DDP, FSDP) when there is one, else this module."""
+        model = self.trainer.model
+        return model if model is not None else self
 
     # ---- convenience -----------------------------------------------------------
     def freeze(self) -> None:
@@ -430,33 +384,3 @@ class LightningModule(nn.Module):
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)
-
-
-def _collect_init_args(frame: Any, cls: type) -> dict[str, Any]:
-    """The named arguments of every ``__init__`` on the stack from ``frame`` up, outermost last wins.
-
-    Walking up covers ``save_hyperparameters()`` called in a parent class's
-    ``__init__`` reached through ``super().__init__(...)``.
-    """
-    collected: dict[str, Any] = {}
-    chain = []
-    while frame is not None and frame.f_code.co_name == "__init__":
-        local = frame.f_locals
-        if not isinstance(local.get("self"), cls):
-            break
-        chain.append(frame)
-        frame = frame.f_back
-    for fr in reversed(chain):
-        code = fr.f_code
-        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-        local = fr.f_locals
-        for name in names:
-            if name == "self" or name.startswith("__"):
-                continue
-            if name in local:
-                collected[name] = local[name]
-        if code.co_flags & inspect.CO_VARKEYWORDS:
-            kw_name = code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)]
-            collected.update(local.get(kw_name, {}))
-            collected.pop(kw_name, None)
-    return collected

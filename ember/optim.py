@@ -82,6 +82,21 @@ def parse(returned: Any) -> tuple[list[Any], list[LRSchedulerConfig]]:
     raise ValueError(f"configure_optimizers() returned {type(returned).__name__} ({returned!r:.80}); it must return {_FORMS}.")
 
 
+def check_optimization(module: Any, config: Any, optimizers: list[Any]) -> None:
+    """Refuse the Trainer settings that do not apply to the module's kind of optimization (as Lightning does)."""
+    if not module.automatic_optimization:
+        # The user's training_step owns the step.
+        if config.accumulate_grad_batches != 1:
+            raise ValueError(f"Trainer(accumulate_grad_batches={config.accumulate_grad_batches}) does not apply to "
+                             "manual optimization; accumulate in training_step yourself (step every N batches).")
+        if config.gradient_clip_val:
+            raise ValueError(f"Trainer(gradient_clip_val={config.gradient_clip_val}) does not apply to manual "
+                             "optimization; call self.clip_gradients(opt, gradient_clip_val=...) in training_step.")
+    elif len(optimizers) > 1:
+        raise ValueError(f"configure_optimizers() returned {len(optimizers)} optimizers; automatic optimization steps "
+                         "one. Set `self.automatic_optimization = False` and step them yourself in training_step.")
+
+
 def _from_dicts(dicts: list[dict]) -> tuple[list[Any], list[LRSchedulerConfig]]:
     optimizers, configs = [], []
     for d in dicts:
@@ -109,16 +124,16 @@ def _no_closure() -> None:
 
 
 class LightningOptimizer:
-    """What ``self.optimizers()`` returns: the optimizer, stepped the way the Trainer steps it.
+    """The optimizer as the module sees it (``self.optimizers()``, ``optimizer_step``'s argument).
 
-    ``step()`` runs the closure, the ``on_before_optimizer_step`` hooks and the precision's step (loss
-    scaling for fp16). Under manual optimization every ``step()`` also counts one ``global_step``, as in
-    Lightning. Everything else (``param_groups``, ``state``, ``zero_grad`` ...) is the optimizer's own.
+    ``step()`` goes through the precision (loss scaling for fp16). Under manual optimization it also runs
+    the closure, the ``on_before_optimizer_step`` hooks and counts one ``global_step``, as in Lightning.
+    Everything else (``param_groups``, ``state``, ``zero_grad`` ...) is the optimizer's own.
     """
 
-    def __init__(self, optimizer: Any, trainer: Any) -> None:
+    def __init__(self, optimizer: Any, run: Any) -> None:
         self._optimizer = optimizer
-        self._trainer = trainer
+        self._run = run
 
     @property
     def optimizer(self) -> Any:
@@ -134,29 +149,55 @@ class LightningOptimizer:
         self._optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure: Any = None, **kwargs: Any) -> Any:
-        trainer = self._trainer
-        if closure is None:
-            closure = _no_closure
-        elif not callable(closure):
+        run = self._run
+        if closure is not None and not callable(closure):
             raise TypeError(f"optimizer.step(closure=...) needs a callable; got {type(closure).__name__}.")
-        module = trainer.lightning_module
-        precision = trainer.precision
-        optimizer = self._optimizer
-        manual = not module.automatic_optimization
-        if manual:
-            # The automatic loop's closure fires these hooks itself; a manual step needs them here.
-            def closure_and_hooks() -> Any:
-                result = closure()
-                if precision.scaler is not None:
-                    precision.unscale(optimizer)
-                trainer.hooks.call("on_before_optimizer_step", optimizer)
-                return result
+        precision, optimizer = run.precision, self._optimizer
+        if run.module.automatic_optimization:
+            return precision.optimizer_step(optimizer, closure)  # the automatic step's closure runs the hooks
+        closure = closure or _no_closure
 
-            if precision.scaler is not None:
-                closure_and_hooks()
-                out = precision.step(optimizer)
-            else:
-                out = optimizer.step(closure=closure_and_hooks, **kwargs)
-            trainer.global_step += 1
-            return out
-        return precision.step(optimizer, closure)
+        def closure_and_hooks() -> Any:
+            result = closure()
+            precision.unscale(optimizer)  # fp16: the hooks see the true gradients
+            run.hooks.call("on_before_optimizer_step", optimizer)
+            return result
+
+        if precision.scaler is not None:
+            closure_and_hooks()
+            out = precision.optimizer_step(optimizer)
+        else:
+            out = optimizer.step(closure=closure_and_hooks, **kwargs)
+        run.state.optimizer_stepped()
+        return out
+
+
+# Lightning's scheduler clock: "step" schedulers count batches of the current epoch (batch_idx + 1),
+# "epoch" ones count epochs (current_epoch + 1); `frequency` divides that count. Manual optimization
+# steps no scheduler (the user does).
+def step_schedulers(run: Any, interval: str, plateau: bool = False) -> None:
+    """Step the schedulers of ``interval`` that are due: the plain ones, or (``plateau``) the ReduceLROnPlateau ones."""
+    module = run.module
+    if not module.automatic_optimization:
+        return
+    counter = run.state.batch_idx + 1 if interval == "step" else run.state.current_epoch + 1
+    for config in run.schedulers:
+        if config.interval != interval or config.reduce_on_plateau != plateau or counter % config.frequency:
+            continue
+        if not plateau:
+            module.lr_scheduler_step(config.scheduler, None)
+            continue
+        metrics = run.metrics.callback_metrics
+        value = metrics.get(config.monitor)
+        if value is None:
+            available = sorted(metrics) or ["(none logged)"]
+            if config.strict:
+                raise ValueError(f"The ReduceLROnPlateau scheduler watches {config.monitor!r}, which was never "
+                                 f"logged. Log it with self.log({config.monitor!r}, ...), or pick one of: "
+                                 f"{', '.join(available)}.")
+            import warnings
+
+            warnings.warn(f"The ReduceLROnPlateau scheduler watches {config.monitor!r}, which is not logged; "
+                          "strict=False, so this update is skipped.", RuntimeWarning, stacklevel=2)
+            continue
+        module.lr_scheduler_step(config.scheduler, value)

@@ -51,9 +51,9 @@ class _Slow(Dataset):
 
 
 def test_few_workers_is_a_warning_never_an_error(monkeypatch):
-    import ember.trainer
+    import ember.data
 
-    monkeypatch.setattr(ember.trainer, "_warned_workers", set())  # the hint is given once per process
+    monkeypatch.setattr(ember.data, "_warned_workers", set())  # the hint is given once per process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = L.Trainer(max_epochs=1, **QUIET)

@@ -104,7 +104,7 @@ class ModelCheckpoint(Callback):
         self._pending_removal: list[str] = []
 
     @property
-    def _idle_events(self) -> tuple[str, ...]:
+    def idle_events(self) -> tuple[str, ...]:
         # Without a per-step schedule the per-step hook has nothing to do: the Trainer then never calls it.
         per_step = self._every_n_train_steps >= 1 or self._train_time_interval is not None
         return () if per_step else ("on_train_batch_end",)
@@ -236,9 +236,32 @@ class ModelCheckpoint(Callback):
                           UserWarning, stacklevel=2)
         self.best_model_path = state_dict["best_model_path"]
 
+    def last_checkpoint_path(self, trainer: Any) -> str:
+        """Where a "last" checkpoint taken now goes (ember's preemption save writes there too)."""
+        return self.format_checkpoint_name(self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST)
+
+    def checkpoint_dirs(self) -> list[str]:
+        """The dirpath, and with the default layout also the other ``version_N/checkpoints`` folders.
+
+        A new run gets a new logger version, so a requeued job would otherwise never see the checkpoints
+        of the run it continues (``ckpt_path="last"``).
+        """
+        if not self.dirpath:
+            return []
+        dirs = [self.dirpath] if os.path.isdir(self.dirpath) else []
+        if self._dirpath_is_default:
+            version_dir = os.path.dirname(self.dirpath)
+            parent = os.path.dirname(version_dir)
+            if os.path.basename(version_dir).startswith("version_") and os.path.isdir(parent):
+                for name in sorted(os.listdir(parent)):
+                    other = os.path.join(parent, name, os.path.basename(self.dirpath))
+                    if name.startswith("version_") and other != self.dirpath and os.path.isdir(other):
+                        dirs.append(other)
+        return dirs
+
     # ------------------------------------------------------------------ when to save
     def _should_skip(self, trainer: Any) -> bool:
-        return (bool(trainer.fast_dev_run) or trainer.state_fn != "fit" or trainer.sanity_checking
+        return (bool(trainer.fast_dev_run) or trainer.state.fn != "fit" or trainer.sanity_checking
                 or self._last_global_step_saved == trainer.global_step)
 
     def _saves_on_train_epoch_end(self, trainer: Any) -> bool:
@@ -247,13 +270,13 @@ class ModelCheckpoint(Callback):
             return self._save_on_train_epoch_end
         if trainer.check_val_every_n_epoch != 1:
             return False
-        if not trainer._val_loaders:
+        if not sum(trainer.num_val_batches):
             return True
         return trainer.val_check_interval == 1.0
 
     def _validation_will_run(self, trainer: Any) -> bool:
         every = trainer.check_val_every_n_epoch
-        return bool(trainer._val_loaders) and (every is None or (trainer.current_epoch + 1) % every == 0)
+        return bool(sum(trainer.num_val_batches)) and (every is None or (trainer.current_epoch + 1) % every == 0)
 
     def _save_for_epoch(self, trainer: Any) -> None:
         candidates = self._monitor_candidates(trainer)

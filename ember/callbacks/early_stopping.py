@@ -90,7 +90,7 @@ class EarlyStopping(Callback):
             self._check_on_train_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
 
     def _skip(self, trainer: Any) -> bool:
-        return trainer.state_fn != "fit" or trainer.sanity_checking
+        return trainer.state.fn != "fit" or trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._check_on_train_epoch_end and not self._skip(trainer):

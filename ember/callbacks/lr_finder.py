@@ -18,8 +18,8 @@ import torch
 from .callback import Callback
 
 
-class _TunerExit(Exception):
-    """Ends the fit() that only ran to host the range test."""
+class TunerExit(Exception):
+    """Ends the fit() that only ran to host the range test (the Trainer tears down as after a normal run)."""
 
 
 class _RangeSchedule(torch.optim.lr_scheduler.LRScheduler):
@@ -169,7 +169,7 @@ class LearningRateFinder(Callback):
         self.optimal_lr = run_range_test(trainer, pl_module, self._min_lr, self._max_lr, self._num_training_steps,
                                          self._mode, self._early_stop_threshold, self._update_attr, self._attr_name)
         if self._early_exit:
-            raise _TunerExit()
+            raise TunerExit()
 
 
 def check_range_args(min_lr: Any, max_lr: Any, num_training: Any, mode: Any, early_stop_threshold: Any) -> None:
@@ -189,10 +189,19 @@ def check_range_args(min_lr: Any, max_lr: Any, num_training: Any, mode: Any, ear
 
 def run_range_test(trainer: Any, module: Any, min_lr: float, max_lr: float, num_training: int, mode: str,
                    early_stop_threshold: float | None, update_attr: bool, attr_name: str) -> LRFinderResult | None:
-    """Train one step per candidate rate from the current state, then put everything back."""
+    """Train one step per candidate rate from the current state, then put everything back.
+
+    The loop runs on a variant of the trainer's ``Run``: only the recorder listens, nothing is logged,
+    nothing validates, the range schedule replaces the model's schedulers and ``max_steps`` is the
+    number of candidates. The weights, the optimizer, the RNG and the ``FitState`` are snapshots in
+    memory, put back in ``finally``.
+    """
+    import dataclasses
+
     from .. import loop
     from ..checkpoint import capture_rng, restore_rng
     from ..hooks import HookDispatcher
+    from ..optim import LRSchedulerConfig
 
     if trainer.fast_dev_run:
         import warnings
@@ -208,45 +217,35 @@ def run_range_test(trainer: Any, module: Any, min_lr: float, max_lr: float, num_
     optimizer = trainer.optimizers[0]
     opt_state = copy.deepcopy(optimizer.state_dict())
     rng = capture_rng()
-    saved = {name: getattr(trainer, name) for name in (
-        "optimizers", "lr_scheduler_configs", "callbacks", "loggers", "max_steps", "global_step", "current_epoch",
-        "should_stop", "_batches_that_stepped", "_total_batches_run", "hooks")}
-    saved_metrics = trainer._metrics
+    fit_run, state = trainer.run_context, trainer.state
+    saved_state = state.snapshot()
     result = LRFinderResult(mode, min_lr, max_lr, num_training)
     try:
         for group in optimizer.param_groups:
             group["lr"] = min_lr
             group["initial_lr"] = min_lr
-        from ..optim import LRSchedulerConfig
-
-        schedule = _RangeSchedule(optimizer, max_lr, num_training, mode)
         recorder = _Recorder(optimizer, early_stop_threshold)
-        trainer.lr_scheduler_configs = [LRSchedulerConfig(schedule, interval="step")]
-        trainer.callbacks = [recorder]
-        trainer.loggers = []
-        trainer.max_steps = num_training + trainer.global_step
-        trainer.hooks = HookDispatcher(trainer, module, trainer.callbacks)
-        val_loaders, trainer._val_loaders = trainer._val_loaders, []  # validation does not change the curve
-        trainer.sanity_checked = True
+        config = dataclasses.replace(fit_run.config, max_steps=num_training + state.global_step)
+        test_run = dataclasses.replace(fit_run, config=config, hooks=HookDispatcher(trainer, module, [recorder]),
+                                       loggers=[], validation=False)  # validation does not change the curve
+        schedule = _RangeSchedule(optimizer, max_lr, num_training, mode)
+        test_run.use_optimizers(fit_run.optimizers, [LRSchedulerConfig(schedule, interval="step")])
+        state.sanity_checked = True
+        trainer.run_context = test_run
         try:
             module.train()
-            trainer.training = True
-            loop.run_fit(trainer, module)
+            state.training = True
+            loop.run_fit(test_run)
         finally:
-            trainer._val_loaders = val_loaders
-            trainer.sanity_checked = False
-        result.results = {"lr": recorder.lrs, "loss": recorder.losses}
-        result.results = trainer.strategy.broadcast(result.results)
+            trainer.run_context = fit_run
+        result.results = trainer.strategy.broadcast({"lr": recorder.lrs, "loss": recorder.losses})
     finally:
         module.load_state_dict(weights)
         optimizer.load_state_dict(opt_state)
         restore_rng(rng)
-        for name, value in saved.items():
-            setattr(trainer, name, value)
-        trainer._metrics = saved_metrics
-        trainer._metrics.callback_metrics.clear()
-        trainer._metrics.logged_metrics.clear()
-        trainer._metrics.progress_bar_metrics.clear()
+        state.restore(saved_state)
+        state.sanity_checked = False  # the fit that hosted the test runs its sanity check
+        trainer.metric_store.clear_views()
     if update_attr:
         lr = result.suggestion()
         if lr is not None:

@@ -46,7 +46,7 @@ class LearningRateMonitor(Callback):
     def on_train_batch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
         n = trainer.log_every_n_steps
         # Lightning's "should update logs": the step about to be taken is a logging step.
-        if not n or ((trainer._batches_that_stepped + 1) % n != 0 and not trainer.should_stop):
+        if not n or ((trainer.state.batches_that_stepped + 1) % n != 0 and not trainer.should_stop):
             return
         if self.logging_interval != "epoch":
             self._log(trainer, "step" if self.logging_interval is None else "any")
@@ -60,7 +60,7 @@ class LearningRateMonitor(Callback):
         stats = self._extract_stats(trainer, interval)
         if stats:
             for lg in trainer.loggers:
-                lg.log_metrics(stats, step=trainer._batches_that_stepped)
+                lg.log_metrics(stats, step=trainer.state.batches_that_stepped)
 
     @staticmethod
     def _all_optimizers(trainer: Any) -> list[Any]:

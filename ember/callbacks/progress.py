@@ -38,7 +38,7 @@ class ProgressBar(Callback):
             version = version[-4:]  # long version strings show their last 4 characters (Lightning)
         if isinstance(version, (int, str)) and version != "":
             items["v_num"] = version
-        for key, value in trainer._metrics.progress_bar_metrics.items():  # read: brings the values up to date
+        for key, value in trainer.metric_store.progress_bar_metrics.items():  # read: brings the values up to date
             try:
                 items[key] = f"{float(value):.3g}"
             except (TypeError, ValueError):
@@ -82,7 +82,7 @@ class TQDMProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._pending += 1
         now = time.monotonic()
-        if now < self._next_draw and not trainer._is_last_batch:
+        if now < self._next_draw and not trainer.is_last_batch:
             return
         self._draw(trainer, pl_module, now)
 
@@ -196,7 +196,7 @@ class RichProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._pending += 1
         now = time.monotonic()
-        if now < self._next_draw and not trainer._is_last_batch:
+        if now < self._next_draw and not trainer.is_last_batch:
             return
         metrics = " ".join(f"{k}={v}" for k, v in self.get_metrics(trainer, pl_module).items())
         self._progress.update(self._task, advance=self._pending, metrics=metrics)

@@ -217,11 +217,12 @@ class ParallelStrategy(Strategy):
     def votes_on_stop(self) -> bool:  # type: ignore[override]
         return self.world_size > 1
 
-    def vote_on_stop(self, trainer: Any) -> None:
+    def vote_on_stop(self, preempt_signal: int | None) -> int | None:
         """Make a SIGTERM seen by any rank stop every rank after the same batch.
 
-        Called by the loop after every training batch. While this strategy votes, SIGTERM only records
-        the signal. About every ``VOTE_EVERY_S`` seconds (a number of batches all ranks agreed on in the
+        Called by the loop after every training batch with the signal this rank has acted on (None so
+        far); returns the signal every rank agreed to stop for once a vote says so (the loop then stops),
+        None otherwise. While this strategy votes, SIGTERM only records the signal. About every ``VOTE_EVERY_S`` seconds (a number of batches all ranks agreed on in the
         previous vote) the ranks exchange what they recorded in an asynchronous all-reduce on a separate
         gloo group, and apply the previous vote's result: every rank at the same batch, by running the
         handler the fit installed (ember's preemption guard: finish the step, save a checkpoint, exit).
@@ -230,7 +231,7 @@ class ParallelStrategy(Strategy):
         """
         self._batches_to_vote -= 1
         if self._batches_to_vote > 0:
-            return
+            return None
         import time
 
         self._defer_sigterm()
@@ -240,23 +241,22 @@ class ParallelStrategy(Strategy):
             work.wait()
             self._vote = None
             agreed, interval = int(box[0]), -int(box[1])
-            if agreed and trainer._preempt_signal is None:
+            if agreed and preempt_signal is None:
                 self._local_signal = None
                 if self._deferred_to is not None:
-                    self._deferred_to(agreed, None)
-                else:
-                    trainer._preempt_signal, trainer.should_stop = agreed, True
-                return  # every rank stops after this batch: no vote left in flight
+                    self._deferred_to(agreed, None)  # the fit's SIGTERM handler: it says so, and chains the program's
+                return agreed  # every rank stops after this batch: no vote left in flight
             seconds_per_batch = (now - self._last_vote_time) / max(self._batches_since_vote, 1)
         else:
             interval, seconds_per_batch = 1, 0.0
         # Each rank proposes how many batches make VOTE_EVERY_S; the smallest proposal wins (MAX of negatives).
         proposal = max(1, min(1000, int(VOTE_EVERY_S / seconds_per_batch))) if seconds_per_batch else 1
-        local = self._local_signal or trainer._preempt_signal or 0
+        local = self._local_signal or preempt_signal or 0
         box = torch.tensor([local, -proposal], dtype=torch.int64)
         self._vote = (dist.all_reduce(box, op=dist.ReduceOp.MAX, group=_control_group(), async_op=True), box)
         self._batches_to_vote = self._batches_since_vote = interval
         self._last_vote_time = now
+        return None
 
     def _defer_sigterm(self) -> None:
         import signal

@@ -467,10 +467,9 @@ def _rank0_payload(trainer: Any, result: Any) -> dict[str, Any]:
     return {
         "result": _to_cpu(result),
         "state_dict": _to_cpu(trainer.strategy.lightning_module_state_dict(module)),
-        "counters": {k: getattr(trainer, k) for k in ("current_epoch", "global_step", "_batches_that_stepped",
-                                                      "_total_batches_run", "should_stop", "_interrupted")},
-        "metrics": {k: _to_cpu(getattr(trainer._metrics, k)) for k in ("callback_metrics", "logged_metrics",
-                                                                         "progress_bar_metrics")},
+        "counters": trainer.state.counters(),
+        "metrics": {k: _to_cpu(getattr(trainer.metric_store, k)) for k in ("callback_metrics", "logged_metrics",
+                                                                            "progress_bar_metrics")},
         "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()},
     }
 
@@ -479,10 +478,9 @@ def _apply_rank0_payload(trainer: Any, payload: dict[str, Any]) -> Any:
     module = trainer.lightning_module
     if module is not None:
         module.load_state_dict(payload["state_dict"])
-    for key, value in payload["counters"].items():
-        setattr(trainer, key, value)
+    trainer.state.set_counters(payload["counters"])
     for key, value in payload["metrics"].items():
-        target = getattr(trainer._metrics, key)
+        target = getattr(trainer.metric_store, key)
         target.clear()
         target.update(value)
     states = payload["callbacks"]

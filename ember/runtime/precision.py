@@ -1,8 +1,8 @@
 """Numeric precision: one autocast context, and a GradScaler only for fp16.
 
-The loop asks this object for ``autocast()`` around forward passes,
-``backward(loss)``, ``step(optimizer)`` and ``convert_input(batch)``; it
-never branches on the precision itself.
+The step asks this object for ``autocast()`` around forward passes,
+``backward_fn()``, ``optimizer_step(optimizer)`` and ``convert_input(batch)``;
+it never branches on the precision itself.
 """
 from __future__ import annotations
 
@@ -122,19 +122,34 @@ class Precision:
             return batch
         return _cast_floats(batch, self.param_dtype)
 
-    def backward(self, loss: torch.Tensor, backward: Callable[[torch.Tensor], None]) -> None:
-        backward(self.scaler.scale(loss) if self.scaler is not None else loss)
+    def backward_fn(self, backward: Callable[[torch.Tensor], None] | None = None) -> Callable[[torch.Tensor], None]:
+        """The backward a step calls: ``backward`` (a module's own) or ``loss.backward()``, fp16 loss-scaled.
+
+        Picked once per epoch, so the plain case is a bare ``Tensor.backward`` with nothing around it.
+        """
+        backward = backward if backward is not None else torch.Tensor.backward
+        if self.scaler is None:
+            return backward
+        scale = self.scaler.scale
+        return lambda loss: backward(scale(loss))
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring fp16 gradients back to their true scale, e.g. before clipping."""
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None,
+                       skipped: bool = False) -> Any:
+        """``optimizer.step()``; with the fp16 scaler, a step it skips on inf gradients and a scale update.
+
+        ``skipped``: training_step returned None for this batch; fp16 then leaves the optimizer alone (Lightning).
+        """
         if self.scaler is None:
             return optimizer.step(closure) if closure is not None else optimizer.step()
         if closure is not None:
             closure()
+        elif skipped:
+            return None
         out = self.scaler.step(optimizer)
         self.scaler.update()
         return out

@@ -79,12 +79,17 @@ class Strategy:
     # the loop then goes through no_backward_sync() instead of a bare loss.backward().
     needs_no_sync = False
 
-    # True when the ranks must vote each step on stopping (see ParallelStrategy.vote_on_stop); the loop
-    # then calls vote_on_stop(trainer) after every batch. One process never needs it.
+    # True when the ranks must vote each step on stopping (see DDPStrategy.vote_on_stop); the loop then calls
+    # vote_on_stop(signal) after every batch and stops when it returns a signal. One process never needs it.
     votes_on_stop = False
 
-    def vote_on_stop(self, trainer: Any) -> None:
+    def vote_on_stop(self, preempt_signal: int | None) -> int | None:
         return None
+
+    @property
+    def moves_batches(self) -> bool:
+        """Whether a batch must go through ``batch_to_device`` and the precision's cast before the step."""
+        return self.root_device.type != "cpu" or (self.precision is not None and self.precision.param_dtype is not None)
 
     def no_backward_sync(self, enabled: bool) -> ContextManager[Any]:
         """Skip gradient all-reduce for backward passes inside an accumulation window."""

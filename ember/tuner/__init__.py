@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..callbacks.lr_finder import LRFinderResult, LearningRateFinder, _TunerExit, check_range_args
+from ..callbacks.lr_finder import LRFinderResult, LearningRateFinder, TunerExit, check_range_args
 
 __all__ = ["Tuner", "LRFinderResult"]
 
@@ -42,16 +42,15 @@ class Tuner:
         finder._early_exit = True
         trainer = self._trainer
         trainer.callbacks = [finder] + trainer.callbacks
-        quiet = getattr(trainer, "_quiet", False)
-        trainer._quiet = True
+        quiet, trainer.quiet = trainer.quiet, True
         try:
             trainer.fit(model, train_dataloaders, val_dataloaders, datamodule)
-        except _TunerExit:
+        except TunerExit:
             pass
         finally:
-            trainer._quiet = quiet
+            trainer.quiet = quiet
             trainer.callbacks = [cb for cb in trainer.callbacks if cb is not finder]
-            trainer.state_fn = None
+            trainer.state.fn = None
         return finder.optimal_lr
 
     def scale_batch_size(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,263 @@
+"""``RunLoaders``: the user's data sources turned into what a run iterates.
+
+One place decides where each loader comes from (the argument, the
+datamodule or the module's ``*_dataloader`` hook), when it is requested
+(where Lightning asks for it, see ``loop.run_fit``), when it is reloaded
+(``reload_dataloaders_every_n_epochs``), how many batches of it run
+(``limit_*_batches``, ``overfit_batches``), which batches validation follows
+(``val_check_interval``) and which share of it this rank reads (the
+strategy's distributed sampler).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from .config import TrainerConfig
+from .hooks import is_overridden
+
+_HOOK_OF_STAGE = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
+_LIMIT_OF_STAGE = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
+
+
+def loader_length(loader: Any) -> float:
+    try:
+        return len(loader)
+    except TypeError:
+        return math.inf
+
+
+def resolve_limit(limit: Any, length: float, name: str) -> int | None:
+    """Number of batches to run, or None for 'the whole (maybe endless) loader'."""
+    if limit is None or (isinstance(limit, float) and limit == 1.0):
+        return None if length == math.inf else int(length)
+    if isinstance(limit, float):
+        if length == math.inf:
+            raise ValueError(f"Trainer({name}={limit}) is a fraction, but the dataloader has no length; give an int.")
+        return int(length * limit)
+    return int(min(limit, length)) if length != math.inf else int(limit)
+
+
+class RunLoaders:
+    """The loaders of one Trainer and the batch counts that follow from its settings."""
+
+    def __init__(self, config: TrainerConfig, strategy: Any) -> None:
+        self.config = config
+        self.strategy = strategy
+        self.module: Any = None
+        self.datamodule: Any = None
+        self.train_source: Any = None  # what fit() was given; None: the datamodule or the module's hook
+        self.val_source: Any = None
+        self.train_dataloader: Any = None
+        self.train_ready = False
+        self.train_limit: int | None = None
+        self.num_training_batches: float = 0
+        self.val_check_batch: float = math.inf
+        self.val_loaders: list[Any] | None = []  # None: validation will run, its loaders are not requested yet
+        self.val_limits: list[int | None] = []
+        self.val_dataloaders: Any = None
+        self.num_val_batches: list[float] = []
+        self.last_val_reload_epoch: float = -math.inf
+        self.test_dataloaders: Any = None
+        self.predict_dataloaders: Any = None
+
+    def attach(self, module: Any, datamodule: Any, config: TrainerConfig) -> None:
+        self.module, self.datamodule, self.config = module, datamodule, config
+
+    # ---- sources ----
+    def defines(self, name: str) -> bool:
+        """Whether the datamodule or the module defines the hook ``name`` (without calling it)."""
+        from .datamodule import LightningDataModule
+        from .module import LightningModule
+
+        if self.datamodule is not None and is_overridden(self.datamodule, name, LightningDataModule):
+            return True
+        return any(name in vars(c) for c in type(self.module).__mro__
+                   if c not in (LightningModule, torch.nn.Module, object))
+
+    def _from_hooks(self, name: str) -> Any:
+        from .datamodule import LightningDataModule
+
+        if self.datamodule is not None and is_overridden(self.datamodule, name, LightningDataModule):
+            return getattr(self.datamodule, name)()
+        return getattr(self.module, name)() if self.defines(name) else None
+
+    def prepare_fit(self, train: Any, val: Any) -> None:
+        """Check that fit has training data and decide whether it validates; nothing is requested yet."""
+        self.train_source, self.val_source, self.train_ready = train, val, False
+        self.num_val_batches = []
+        if train is None and not self.defines("train_dataloader"):
+            raise ValueError(_NO_TRAIN_DATA.format(type(self.module).__name__))
+        self.val_loaders = None if self._validation_possible(val) else []
+
+    def _validation_possible(self, val: Any) -> bool:
+        """Lightning's rule: validation runs with a val source, a validation_step and limit_val_batches > 0."""
+        from .module import LightningModule
+
+        has_source = val is not None or self.defines("val_dataloader")
+        has_step = is_overridden(self.module, "validation_step", LightningModule)
+        if has_step and not has_source and self.config.limit_val_batches != 0:
+            warnings.warn(f"{type(self.module).__name__} defines validation_step but no val dataloader was given; "
+                          "validation is skipped. Pass val_dataloaders=... to fit().", UserWarning, stacklevel=5)
+        elif has_source and not has_step:
+            warnings.warn("A val dataloader was given but the model has no validation_step; validation is skipped.",
+                          UserWarning, stacklevel=5)
+        return has_source and has_step and self.config.limit_val_batches != 0
+
+    # ---- training ----
+    def setup_train(self) -> None:
+        config = self.config
+        loader = self.train_source if self.train_source is not None else self._from_hooks("train_dataloader")
+        if isinstance(loader, (list, tuple, dict)) and loader and all(
+                isinstance(dl, torch.utils.data.DataLoader) for dl in (loader.values() if isinstance(loader, dict)
+                                                                     else loader)):
+            # Lightning zips several train loaders (CombinedLoader); ember does not, so say so instead of
+            # failing later inside training_step.
+            raise ValueError(f"ember trains from one dataloader; got a {type(loader).__name__} of {len(loader)}. "
+                             "Combine the datasets (e.g. torch.utils.data.ConcatDataset) into one loader.")
+        if loader is None:
+            raise ValueError(_NO_TRAIN_DATA.format(type(self.module).__name__))
+        if config.overfit_batches:
+            loader = _without_shuffle(loader)
+        # Distributed: a DistributedSampler gives this rank its share; one device: unchanged.
+        loader = self.strategy.distribute_loader(loader, "train", config.use_distributed_sampler,
+                                                 bool(config.overfit_batches))
+        length = loader_length(loader)
+        if length == 0:
+            raise ValueError("The training dataloader is empty (len 0): there is nothing to train on. Check the "
+                             "dataset size, batch_size and drop_last.")
+        _warn_few_workers(loader, "train")
+        self.train_dataloader, self.train_ready = loader, True
+        self.train_limit = resolve_limit(config.limit_train_batches, length, "limit_train_batches")
+        self.num_training_batches = self.train_limit if self.train_limit is not None else math.inf
+        self.val_check_batch = self._val_check_batch()
+
+    def _val_check_batch(self) -> float:
+        """``val_check_interval`` as a number of training batches (inf: at the end of a loader without len)."""
+        vci, n, config = self.config.val_check_interval, self.num_training_batches, self.config
+        if isinstance(vci, float):
+            if n == math.inf:
+                if vci != 1.0:
+                    raise ValueError(f"Trainer(val_check_interval={vci}) is a fraction, but the training dataloader "
+                                     "has no length; give an int number of batches.")
+                return math.inf
+            return max(1, int(n * vci))
+        if n != math.inf and vci > n and config.check_val_every_n_epoch is not None:
+            raise ValueError(f"Trainer(val_check_interval={vci}) is larger than the {n} training batches per epoch; "
+                             "lower it, or set check_val_every_n_epoch=None to count batches across epochs.")
+        return vci
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Reload the train loader when due (a loader given to fit is reused as is), then ``set_epoch``."""
+        n = self.config.reload_dataloaders_every_n_epochs
+        if n and epoch % n == 0 and epoch > 0:
+            self.setup_train()
+        sampler = getattr(self.train_dataloader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    # ---- validation inside fit ----
+    def validation_epoch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` validates (``check_val_every_n_epoch``; None counts batches across epochs)."""
+        n = self.config.check_val_every_n_epoch
+        return n is None or (epoch + 1) % n == 0
+
+    def setup_val(self, epoch: int, sanity_checking: bool, validation_epoch: bool) -> None:
+        config = self.config
+        loaders = self.val_source if self.val_source is not None else self._from_hooks("val_dataloader")
+        # Lightning notes the epoch of a (re)load, except for a sanity check before a non-validation epoch.
+        if not sanity_checking or validation_epoch:
+            self.last_val_reload_epoch = epoch
+        if loaders is None:
+            self.val_loaders, self.val_limits = [], []
+            return
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        if config.overfit_batches:
+            loaders = [_without_shuffle(dl) for dl in loaders]  # its own data, in a fixed order (Lightning)
+        loaders = [self.strategy.distribute_loader(dl, "validate", config.use_distributed_sampler) for dl in loaders]
+        self.val_loaders = loaders
+        self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
+        self.val_limits = [resolve_limit(config.limit_val_batches, loader_length(dl), "limit_val_batches")
+                           for dl in loaders]
+        self.num_val_batches = [lim if lim is not None else math.inf for lim in self.val_limits]
+        if all(lim == 0 for lim in self.val_limits):
+            self.val_loaders = []
+
+    def val_reload_due(self, epoch: int) -> bool:
+        n = self.config.reload_dataloaders_every_n_epochs
+        return self.val_loaders is None or bool(n) and epoch - self.last_val_reload_epoch >= n
+
+    def val_limits_for_run(self, sanity_checking: bool) -> list[int | None]:
+        limits = list(self.val_limits)
+        cap = self.config.num_sanity_val_steps
+        if sanity_checking and cap != -1:
+            limits = [cap if lim is None else min(cap, lim) for lim in limits]
+        return limits
+
+    # ---- validate / test / predict ----
+    def eval_request(self, stage: str, given: Any) -> Callable[[], tuple[list[Any], list[int | None]]]:
+        """What the loop calls, under no_grad/inference_mode, to get ``(loaders, limits)``: where Lightning asks."""
+        limit_name = _LIMIT_OF_STAGE[stage]
+        limit = getattr(self.config, limit_name)
+
+        def request() -> tuple[list[Any], list[int | None]]:
+            if limit == 0:
+                return [], []  # Lightning does not even ask for the loaders
+            loaders = self._eval_loaders(stage, given)
+            return loaders, [resolve_limit(limit, loader_length(dl), limit_name) for dl in loaders]
+
+        return request
+
+    def _eval_loaders(self, stage: str, given: Any) -> list[Any]:
+        name = _HOOK_OF_STAGE[stage]
+        loaders = given if given is not None else self._from_hooks(name)
+        if loaders is None:
+            raise ValueError(f"Trainer.{stage}() found no data: pass dataloaders=DataLoader(...), a datamodule, or "
+                             f"define {type(self.module).__name__}.{name}().")
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        loaders = [self.strategy.distribute_loader(dl, stage, self.config.use_distributed_sampler) for dl in loaders]
+        public = loaders[0] if len(loaders) == 1 else loaders
+        if stage == "validate":
+            self.val_dataloaders = public
+        elif stage == "test":
+            self.test_dataloaders = public
+        else:
+            self.predict_dataloaders = public
+        return loaders
+
+
+_NO_TRAIN_DATA = ("Trainer.fit() found no training data: pass train_dataloaders=DataLoader(...), a datamodule, or "
+                  "define {}.train_dataloader().")
+
+
+def _without_shuffle(loader: Any) -> Any:
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+    if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=SequentialSampler(loader.dataset),
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, drop_last=loader.drop_last,
+                          pin_memory=loader.pin_memory)
+    return loader
+
+
+_warned_workers: set[str] = set()
+
+
+def _warn_few_workers(loader: Any, which: str) -> None:
+    # A DataLoader with num_workers=0 loads in the training process; fine for tensors in memory,
+    # often the bottleneck for real datasets. A hint, never an error.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if not isinstance(loader, DataLoader) or loader.num_workers > 0 or which in _warned_workers:
+        return
+    if isinstance(loader.dataset, TensorDataset):
+        return  # in-memory tensors gain nothing from worker processes
+    _warned_workers.add(which)
+    cores = os.cpu_count() or 1
+    warnings.warn(
+        f"The {which} DataLoader has num_workers=0, so batches load in the training process. If loading is slow, "
+        f"try num_workers={max(1, cores - 1)} (this machine has {cores} cores).", UserWarning, stacklevel=5)

@@ -1,0 +1,223 @@
+"""One training step: the user's ``training_step`` and, under automatic optimization, the optimizer step.
+
+    automatic_step: training_step -> zero_grad -> backward -> (unscale, clip) -> optimizer step
+
+Lightning's order, with gradient accumulation (the optimizer steps on the
+last batch of each window, zero_grad runs on the first). Precision owns
+autocast, backward and the optimizer step (loss scaling for fp16); the
+strategy owns the gradient sync (DDP skips it inside an accumulation
+window). ``EpochPlan`` resolves once per epoch what the per-batch code needs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .hooks import is_overridden
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the weights are those of the last good step."""
+
+
+class EpochPlan:
+    """What the batches of one epoch need, looked up once per epoch instead of once per batch."""
+
+    def __init__(self, run: Any) -> None:
+        from .module import LightningModule
+        module, hooks, precision, strategy, config = run.module, run.hooks, run.precision, run.strategy, run.config
+        # ---- around the step (ember.loop) ----
+        self.on_batch_start = hooks.listeners("on_train_batch_start")
+        self.on_batch_end = hooks.listeners("on_train_batch_end")
+        self.move_batches = run.batch_hooks or strategy.moves_batches
+        self.log_every = config.log_every_n_steps if run.loggers else 0
+        self.validate = run.validation and bool(run.data.val_loaders) and run.data.validation_epoch(run.state.current_epoch)
+        self.step_cap = config.max_steps if config.max_steps != -1 else math.inf
+        self.timed = config.max_time is not None
+        # Several processes vote after each batch, so a SIGTERM on any rank stops all of them together.
+        self.vote_on_stop = strategy.votes_on_stop
+        # ---- the step ----
+        self.optimizer = run.optimizers[0] if run.optimizers else None
+        self.accumulate = config.accumulate_grad_batches
+        self.clip_val, self.clip_algorithm = config.gradient_clip_val, config.gradient_clip_algorithm
+        self.before_zero_grad = hooks.listeners("on_before_zero_grad")
+        self.before_backward = hooks.listeners("on_before_backward")
+        self.after_backward = hooks.listeners("on_after_backward")
+        self.before_optimizer_step = hooks.listeners("on_before_optimizer_step")
+        self.autocast = precision.has_forward_context  # autocast, or the default dtype of a "true" precision
+        self.custom_zero_grad = is_overridden(module, "optimizer_zero_grad", LightningModule)
+        # Precision picks the backward (loss scaling, a module's own backward); the strategy wraps it only
+        # when a gradient sync must be skipped inside an accumulation window.
+        custom_backward = is_overridden(module, "backward", LightningModule)
+        self.backward = precision.backward_fn(module.backward if custom_backward else None)
+        self.sync_control = strategy.needs_no_sync
+        # configure_gradient_clipping is called only when it can do or show something (a clip value, or an
+        # override of it or of clip_gradients); otherwise it would be a no-op call per step.
+        self.clip = bool(self.clip_val) or is_overridden(module, "configure_gradient_clipping", LightningModule) \
+            or is_overridden(module, "clip_gradients", LightningModule)
+        self.unscale = precision.unscale if precision.scaler is not None else None
+        # A user optimizer_step (e.g. lr warm-up) or an optimizer that re-evaluates the loss (LBFGS) gets a closure.
+        self.user_optimizer_step = is_overridden(module, "optimizer_step", LightningModule)
+        self.closure = self.user_optimizer_step or isinstance(self.optimizer, torch.optim.LBFGS)
+        self.wrapped_optimizer = run.lightning_optimizers[0] if self.closure else None
+        self.optimizer_step = precision.optimizer_step
+        # Schedulers step only under automatic optimization (manual: the user calls .step()), as in Lightning.
+        configs = run.schedulers if module.automatic_optimization else []
+        self.step_schedulers = any(c.interval == "step" and not c.reduce_on_plateau for c in configs)
+        self.epoch_schedulers = any(c.interval == "epoch" and not c.reduce_on_plateau for c in configs)
+        self.plateau_step = any(c.interval == "step" and c.reduce_on_plateau for c in configs)
+        self.check_finite = config.check_finite_loss
+        # Detaching the loss and building the outputs dict costs ~0.5 us; skip it when no hook reads it.
+        self.wants_outputs = bool(hooks.listeners("on_train_batch_end"))
+        # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
+        self.training_step = strategy.step_method(module, "training_step")
+        self.run_step = automatic_step if module.automatic_optimization else manual_step
+
+
+def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:
+    """Returns what on_train_batch_end receives (None when no hook listens)."""
+    state = run.state
+    window_pos = state.accumulated
+    steps_now = window_pos + 1 >= plan.accumulate or state.is_last_batch
+    if not steps_now:
+        # DDP decides in the forward whether the backward all-reduces: the whole step runs without sync.
+        with run.strategy.no_backward_sync(True):
+            out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, steps_now)
+        state.accumulated = window_pos + 1
+    elif plan.closure:
+        result: list[Any] = [None, None]
+
+        def closure() -> Any:
+            result[0], result[1] = _forward_backward(run, batch, batch_idx, plan, window_pos, steps_now)
+            return result[1]
+
+        if plan.user_optimizer_step:
+            run.module.optimizer_step(state.current_epoch, batch_idx, plan.wrapped_optimizer, closure)
+        else:
+            plan.optimizer_step(plan.optimizer, closure)
+        out, loss = result
+    else:
+        # Same arithmetic as optimizer.step(closure), without building a closure per step.
+        out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, steps_now)
+        plan.optimizer_step(plan.optimizer, None, loss is None)
+    if steps_now:
+        state.accumulated = 0
+        state.optimizer_stepped()
+        if plan.step_schedulers:
+            from .optim import step_schedulers
+
+            step_schedulers(run, "step")
+    if loss is None:
+        return {}  # what Lightning hands to on_train_batch_end for a skipped step
+    if not plan.wants_outputs:
+        return None
+    detached = loss.detach()
+    return {**out, "loss": detached} if type(out) is dict else {"loss": detached}
+
+
+def _forward_backward(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, window_pos: int, steps_now: bool
+                      ) -> tuple[Any, Any]:
+    """The closure body: forward, zero_grad (first batch of a window), backward, pre-step hooks and clipping."""
+    if plan.autocast:
+        with run.precision.autocast():
+            out = plan.training_step(batch, batch_idx)
+    else:
+        out = plan.training_step(batch, batch_idx)
+    # The common case (a scalar loss that requires grad) without a call.
+    loss = out if type(out) is torch.Tensor and out.requires_grad and out.ndim == 0 else loss_of(out, run.state)
+    if loss is not None:
+        if plan.check_finite and not math.isfinite(loss.item()):
+            # Checked before backward and the optimizer step, so the weights stay those of the last good step.
+            _raise_non_finite(loss, run.state)
+        if plan.accumulate > 1:
+            loss = loss / plan.accumulate
+    # Lightning still runs zero_grad (with its hooks) for a skipped step (loss None), so the optimizer step
+    # that follows is a no-op, and still calls the pre-step hooks and clipping.
+    if window_pos == 0:
+        _zero_grad(run, batch_idx, plan)
+    if loss is not None:
+        for fn in plan.before_backward:
+            fn(loss)
+        if plan.sync_control:
+            with run.strategy.no_backward_sync(not steps_now):
+                plan.backward(loss)
+        else:
+            plan.backward(loss)
+        for fn in plan.after_backward:
+            fn()
+    if steps_now:
+        if plan.unscale is not None and loss is not None:
+            plan.unscale(plan.optimizer)  # fp16: hooks and clipping see the true gradients (Lightning)
+        for fn in plan.before_optimizer_step:
+            fn(plan.optimizer)
+        if plan.clip:
+            run.module.configure_gradient_clipping(plan.optimizer, plan.clip_val, plan.clip_algorithm)
+    return out, loss
+
+
+def _zero_grad(run: Any, batch_idx: int, plan: EpochPlan) -> None:
+    """on_before_zero_grad, then the module's optimizer_zero_grad (or the optimizer's own)."""
+    optimizer = plan.optimizer
+    for fn in plan.before_zero_grad:
+        fn(optimizer)
+    if plan.custom_zero_grad:
+        run.module.optimizer_zero_grad(run.state.current_epoch, batch_idx, optimizer)
+    else:
+        optimizer.zero_grad()
+
+
+def manual_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:
+    """Manual optimization: the user's training_step does its own backward and step."""
+    with run.precision.autocast():
+        out = plan.training_step(batch, batch_idx)
+    # What on_train_batch_end receives, as in Lightning: {} for None, the dict (loss detached), or {"loss": ...}.
+    if out is None:
+        return {}
+    if isinstance(out, dict):
+        return {**out, "loss": out["loss"].detach()} if isinstance(out.get("loss"), torch.Tensor) else dict(out)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"In manual optimization training_step must return a tensor, a dict or None; it returned "
+                         f"{type(out).__name__}.")
+    return {"loss": out.detach()}
+
+
+def manual_backward(run: Any, loss: torch.Tensor, backward: Any) -> None:
+    """``self.manual_backward(loss)``: the backward hooks around the precision's backward (loss scaling)."""
+    run.hooks.call("on_before_backward", loss)
+    run.precision.backward_fn(backward)(loss)
+    run.hooks.call("on_after_backward")
+
+
+def loss_of(out: Any, state: Any) -> torch.Tensor | None:
+    """Check what training_step returned and pull out the loss."""
+    if out is None:
+        return None
+    loss = out
+    if isinstance(out, dict):
+        if "loss" not in out:
+            raise ValueError(f"training_step returned a dict without a 'loss' key (keys: {sorted(out)}); in automatic "
+                             "optimization the dict must hold the loss under 'loss'.")
+        loss = out["loss"]
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(f"training_step must return a loss tensor, a dict with 'loss', or None; it returned "
+                         f"{type(loss).__name__} at epoch {state.current_epoch}, step {state.global_step}.")
+    if loss.numel() != 1:
+        raise ValueError(f"training_step returned a loss of shape {tuple(loss.shape)}; the loss must be a scalar. "
+                         "Reduce it, e.g. loss.mean() or loss.sum().")
+    if not loss.requires_grad:
+        raise ValueError(
+            "training_step returned a loss that does not require grad, so backward() cannot train anything. "
+            "Check that the loss is computed from the model's parameters, that they have requires_grad=True, "
+            "and that training_step does not run under torch.no_grad()."
+        )
+    return loss
+
+
+def _raise_non_finite(loss: torch.Tensor, state: Any) -> None:
+    raise NonFiniteLossError(
+        f"The training loss is {loss.item()} at epoch {state.current_epoch}, step {state.global_step} "
+        f"(batch {state.batch_idx}); training stopped before this step, so the weights are those of the last good "
+        "step. Lower the learning rate, clip gradients (gradient_clip_val) or check the data for nan/inf."
+    )
