@@ -5,6 +5,7 @@ the no-op ones, so a model pays only for the hooks it overrides.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping
 
 import torch
@@ -189,72 +190,34 @@ class LightningModule(HyperparametersMixin, nn.Module):
 
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Freeze every parameter that ``optimizer`` does not own, remembering their flags."""
-        owned = {id(p) for g in _unwrap(optimizer).param_groups for p in g["params"]}
-        state: dict[int, bool] = {}
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) not in owned and id(p) not in state:
-                        state[id(p)] = p.requires_grad
-                        p.requires_grad = False
-        for group in _unwrap(optimizer).param_groups:
-            for p in group["params"]:
-                if id(p) in state:  # a parameter shared with the active optimizer stays trainable
-                    p.requires_grad = state.pop(id(p))
-        self._toggled = state
+        owned = {id(p) for p in _params(_unwrap(optimizer))}
+        self._toggled = {}
+        for p in _params(*self.trainer.optimizers):
+            # A parameter shared with the active optimizer stays trainable.
+            if id(p) not in owned and id(p) not in self._toggled:
+                self._toggled[id(p)], p.requires_grad = p.requires_grad, False
 
     def untoggle_optimizer(self, optimizer: Any) -> None:
-        state = getattr(self, "_toggled", {})
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) in state:
-                        p.requires_grad = state[id(p)]
+        toggled = getattr(self, "_toggled", {})
+        for p in _params(*self.trainer.optimizers):
+            p.requires_grad = toggled.get(id(p), p.requires_grad)
         self._toggled = {}
 
+    @contextlib.contextmanager
     def toggled_optimizer(self, optimizer: Any) -> Any:
-        import contextlib
-
-        @contextlib.contextmanager
-        def _ctx() -> Any:
-            self.toggle_optimizer(optimizer)
-            try:
-                yield
-            finally:
-                self.untoggle_optimizer(optimizer)
-
-        return _ctx()
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
 
     def clip_gradients(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
         """Clip the gradients of ``optimizer``'s parameters; unset arguments fall back to the Trainer's."""
-        trainer = self._trainer
-        trainer_val = getattr(trainer, "gradient_clip_val", None)
-        trainer_algo = getattr(trainer, "gradient_clip_algorithm", None)
-        if gradient_clip_val is None:
-            gradient_clip_val = trainer_val or 0.0
-        elif trainer_val is not None and trainer_val != gradient_clip_val:
-            raise ValueError(f"Trainer(gradient_clip_val={trainer_val!r}) and clip_gradients(gradient_clip_val="
-                             f"{gradient_clip_val!r}) disagree; set the value in one place only.")
-        if gradient_clip_algorithm is None:
-            algorithm = trainer_algo or "norm"
-        else:
-            algorithm = gradient_clip_algorithm.lower()
-            if trainer_algo is not None and trainer_algo != algorithm:
-                raise ValueError(f"Trainer(gradient_clip_algorithm={trainer_algo!r}) and clip_gradients("
-                                 f"gradient_clip_algorithm={gradient_clip_algorithm!r}) disagree; set it in one place only.")
-        if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)):
-            raise TypeError(f"gradient_clip_val must be an int or a float; got {gradient_clip_val!r}.")
-        if algorithm not in ("norm", "value"):
-            raise ValueError(f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not known; allowed: 'norm', 'value'.")
-        if gradient_clip_val <= 0:
-            return
-        params = [p for g in _unwrap(optimizer).param_groups for p in g["params"] if p.grad is not None]
-        if algorithm == "norm":
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        from .optim import clip_gradients
+
+        clip_gradients(_unwrap(optimizer), gradient_clip_val, gradient_clip_algorithm, self._trainer)
 
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
@@ -384,3 +347,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)
+
+
+def _params(*optimizers: Any) -> Any:
+    return (p for opt in optimizers for group in opt.param_groups for p in group["params"])

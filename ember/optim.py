@@ -119,6 +119,36 @@ def _from_dicts(dicts: list[dict]) -> tuple[list[Any], list[LRSchedulerConfig]]:
     return optimizers, configs
 
 
+def clip_gradients(optimizer: Any, value: float | None, algorithm: str | None, trainer: Any) -> None:
+    """``LightningModule.clip_gradients``: the Trainer's settings fill what is not given, and may not disagree."""
+    trainer_val = getattr(trainer, "gradient_clip_val", None)
+    trainer_algo = getattr(trainer, "gradient_clip_algorithm", None)
+    if value is None:
+        value = trainer_val or 0.0
+    elif trainer_val is not None and trainer_val != value:
+        raise ValueError(f"Trainer(gradient_clip_val={trainer_val!r}) and clip_gradients(gradient_clip_val="
+                         f"{value!r}) disagree; set the value in one place only.")
+    given = algorithm
+    if algorithm is None:
+        algorithm = trainer_algo or "norm"
+    else:
+        algorithm = algorithm.lower()
+        if trainer_algo is not None and trainer_algo != algorithm:
+            raise ValueError(f"Trainer(gradient_clip_algorithm={trainer_algo!r}) and clip_gradients("
+                             f"gradient_clip_algorithm={given!r}) disagree; set it in one place only.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"gradient_clip_val must be an int or a float; got {value!r}.")
+    if algorithm not in ("norm", "value"):
+        raise ValueError(f"gradient_clip_algorithm={given!r} is not known; allowed: 'norm', 'value'.")
+    if value <= 0:
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if algorithm == "norm":
+        torch.nn.utils.clip_grad_norm_(params, value)
+    else:
+        torch.nn.utils.clip_grad_value_(params, value)
+
+
 def _no_closure() -> None:
     return None
 

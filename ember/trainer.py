@@ -17,18 +17,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from . import loop
 from .callbacks.callback import Callback
+from .callbacks.defaults import checkpoints_last, is_checkpoint, trainer_callbacks
 from .callbacks.lr_finder import TunerExit
 from .config import TRAINER_ATTRIBUTES, TrainerConfig
 from .data import RunLoaders
 from .hooks import HookDispatcher, is_overridden
 from .logging import MetricStore, as_floats
+from .loggers.defaults import default_loggers
 from .module import LightningModule
 from .runtime import accelerator as _accelerator
 from .runtime import strategy as _strategy
@@ -89,8 +90,8 @@ class Trainer:
         if config.benchmark is not None and torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = config.benchmark
         # ---- loggers and callbacks ----
-        self.loggers = _build_loggers(logger if config.use_logger else False, config.default_root_dir)
-        self.callbacks: list[Callback] = _build_callbacks(callbacks, config)
+        self.loggers = default_loggers(logger if config.use_logger else False, config.default_root_dir)
+        self.callbacks: list[Callback] = trainer_callbacks(callbacks, config)
         # ---- what a run works with ----
         self.state = FitState()
         self.data = RunLoaders(config, self.strategy)
@@ -165,7 +166,7 @@ class Trainer:
 
     @property
     def checkpoint_callbacks(self) -> list[Any]:
-        return [cb for cb in self.callbacks if _is_checkpoint(cb)]
+        return [cb for cb in self.callbacks if is_checkpoint(cb)]
 
     @property
     def early_stopping_callback(self) -> Any:
@@ -318,7 +319,7 @@ class Trainer:
         if extra:
             extra = [extra] if isinstance(extra, Callback) else list(extra)
             kinds = {type(cb) for cb in extra}
-            self.callbacks = _checkpoints_last([cb for cb in self.callbacks if type(cb) not in kinds] + extra)
+            self.callbacks = checkpoints_last([cb for cb in self.callbacks if type(cb) not in kinds] + extra)
         self.data.attach(module, datamodule, self.config)
         run = self.run_context = loop.Run(
             module, state, self.config, self.data, self.strategy, self.precision,
@@ -432,69 +433,6 @@ def _split_datamodule(datamodule: Any, loaders: Any) -> tuple[Any, Any]:
     from .datamodule import LightningDataModule
 
     return (loaders, None) if isinstance(loaders, LightningDataModule) else (datamodule, loaders)
-
-
-def _build_loggers(logger: Any, root: str) -> list[Any]:
-    if logger is False:
-        return []
-    if logger is None or logger is True:
-        import importlib.util
-
-        from .loggers import CSVLogger, TensorBoardLogger
-
-        # Lightning's default: TensorBoard when it is installed, otherwise CSV.
-        if importlib.util.find_spec("tensorboard") is not None:
-            return [TensorBoardLogger(save_dir=root)]
-        return [CSVLogger(save_dir=root)]
-    if isinstance(logger, Iterable) and not isinstance(logger, (str, bytes)):
-        return list(logger)
-    return [logger]
-
-
-def _build_callbacks(callbacks: Any, config: TrainerConfig) -> list[Callback]:
-    user = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
-    for cb in user:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"Trainer(callbacks=...) must hold ember Callback objects; got {type(cb).__name__}.")
-    out = list(user)
-    if config.max_time is not None:
-        from .callbacks.timer import Timer
-
-        # max_time is enforced by a Timer, checked after every batch (Lightning's arrangement);
-        # a Timer the user passed takes precedence.
-        if not any(isinstance(cb, Timer) for cb in out):
-            out.append(Timer(duration=timedelta(seconds=config.max_time), interval="step"))
-    has_bar = any(getattr(cb, "_is_progress_bar", False) for cb in out)
-    if config.enable_progress_bar and not has_bar:
-        from .callbacks.progress import TQDMProgressBar
-
-        out.append(TQDMProgressBar())
-    elif not config.enable_progress_bar and has_bar:
-        raise ValueError("Trainer(enable_progress_bar=False) was given together with a progress bar callback; "
-                         "drop one of them.")
-    if config.enable_model_summary and not any(type(cb).__name__ == "ModelSummary" for cb in out):
-        from .callbacks.model_summary import ModelSummary
-
-        out.append(ModelSummary())
-    # Any checkpoint callback (ModelCheckpoint subclasses included) replaces the default one, as in Lightning.
-    has_checkpoint = any(_is_checkpoint(cb) for cb in out)
-    if config.enable_checkpointing and not has_checkpoint:
-        from .callbacks.checkpoint import ModelCheckpoint
-
-        out.append(ModelCheckpoint())
-    elif not config.enable_checkpointing and has_checkpoint:
-        raise ValueError("Trainer(enable_checkpointing=False) was given together with a ModelCheckpoint callback; "
-                         "drop one of them.")
-    return _checkpoints_last(out)
-
-
-def _is_checkpoint(cb: Any) -> bool:
-    return type(cb).__name__ == "ModelCheckpoint" or getattr(cb, "_is_checkpoint", False)
-
-
-def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:
-    # Checkpoints run last so they save what every other callback has done this epoch.
-    return [cb for cb in callbacks if not _is_checkpoint(cb)] + [cb for cb in callbacks if _is_checkpoint(cb)]
 
 
 def _print_results(stage: str, results: list[dict[str, float]]) -> None:

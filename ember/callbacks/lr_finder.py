@@ -159,7 +159,7 @@ class LearningRateFinder(Callback):
         self._early_stop_threshold = early_stop_threshold
         self._update_attr = update_attr
         self._attr_name = attr_name
-        self._early_exit = False
+        self.ends_fit = False  # True: the Tuner hosts the search in a fit of its own, which ends right after it
         self.optimal_lr: LRFinderResult | None = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -168,7 +168,7 @@ class LearningRateFinder(Callback):
     def lr_find(self, trainer: Any, pl_module: Any) -> None:
         self.optimal_lr = run_range_test(trainer, pl_module, self._min_lr, self._max_lr, self._num_training_steps,
                                          self._mode, self._early_stop_threshold, self._update_attr, self._attr_name)
-        if self._early_exit:
+        if self.ends_fit:
             raise TunerExit()
 
 

@@ -39,7 +39,7 @@ class Tuner:
         finder = LearningRateFinder(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training, mode=mode,
                                     early_stop_threshold=early_stop_threshold, update_attr=update_attr,
                                     attr_name=attr_name)
-        finder._early_exit = True
+        finder.ends_fit = True
         trainer = self._trainer
         trainer.callbacks = [finder] + trainer.callbacks
         quiet, trainer.quiet = trainer.quiet, True
