@@ -21,7 +21,7 @@ from .hooks import is_overridden
 from .logging import MetricStore, eval_loader_values, publish_step_metrics, write_eval_epoch, write_train_epoch
 from .optim import LightningOptimizer, step_schedulers
 from .state import BatchPhase, FitState, Position
-from .step import EpochPlan, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: ember's public name)
+from .step import EpochPlan
 
 
 @dataclasses.dataclass
@@ -214,8 +214,12 @@ def open_epoch(run: Run, plan: EpochPlan) -> Any:
     return iter(()) if end_of_batch(run, plan, None, None, batch_idx, phase) else pairs
 
 
+# The phases as plain ints for the per-batch comparisons below (an enum member lookup costs more than the test).
+_HOOKS, _PUBLISH, _VALIDATION, _AFTER_VALIDATION, _STOP_CHECK = (int(p) for p in BatchPhase)
+
+
 def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx: int,
-                 start: BatchPhase = BatchPhase.HOOKS, last: BatchPhase = BatchPhase.STOP_CHECK) -> bool:
+                 start: int = _HOOKS, last: int = _STOP_CHECK) -> bool:
     """The rest of a training batch once its step has run, phase by phase; True ends the epoch.
 
     A straight run goes through every phase. A mid-epoch resume starts at the phase its checkpoint
@@ -223,7 +227,7 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
     runs the validation phases after its last batch.
     """
     state, metrics = run.state, run.metrics
-    if start <= BatchPhase.HOOKS:
+    if start <= _HOOKS:
         state.batches_seen_in_epoch = batch_idx + 1
         state.total_batches_run += 1
         if state.accumulated == 0:  # the optimizer stepped (always, in manual optimization)
@@ -231,22 +235,22 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
         for fn in plan.on_batch_end:
             fn(outputs, batch, batch_idx)
     # Step metrics reach loggers every log_every_n_steps; callbacks and the bar read them on demand.
-    if start <= BatchPhase.PUBLISH <= last and plan.log_every and metrics.stepped and (
+    if start <= _PUBLISH <= last and plan.log_every and metrics.stepped and (
             state.batches_that_stepped % plan.log_every == 0 or state.should_stop):
         publish_step_metrics(run)
     # Validation (at val_check_interval, at the end of the epoch, or because of a stop) comes after
     # on_train_batch_end, as part of the batch, as in Lightning.
-    validated = start <= BatchPhase.VALIDATION <= last and plan.validate and validate_now(run, batch_idx)
+    validated = start <= _VALIDATION <= last and plan.validate and validate_now(run, batch_idx)
     if validated:
         if state.accumulated == 0:
             run.module.on_validation_model_zero_grad()  # unless an accumulation window is open
         run_evaluation(run, "validate", None)
-    if start <= BatchPhase.AFTER_VALIDATION <= last:
-        if validated or start == BatchPhase.AFTER_VALIDATION:
+    if start <= _AFTER_VALIDATION <= last:
+        if validated or start == _AFTER_VALIDATION:
             metrics.enter("train", "batch")
         if plan.plateau_step and state.accumulated == 0:
             step_schedulers(run, "step", plateau=True)
-    if last < BatchPhase.STOP_CHECK:
+    if last < _STOP_CHECK:
         return False
     if plan.vote_on_stop:  # distributed only: every rank stops after the same batch
         agreed = run.strategy.vote_on_stop(state.preempt_signal)

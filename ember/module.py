@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .hparams import AttributeDict, HyperparametersMixin  # noqa: F401  (AttributeDict: imported from here too)
+from .hparams import HyperparametersMixin
 
 
 class LightningModule(HyperparametersMixin, nn.Module):

@@ -63,6 +63,7 @@ class EpochPlan:
         self.closure = self.user_optimizer_step or isinstance(self.optimizer, torch.optim.LBFGS)
         self.wrapped_optimizer = run.lightning_optimizers[0] if self.closure else None
         self.optimizer_step = precision.optimizer_step
+        self.step_optimizer = precision.step_fn(self.optimizer) if self.optimizer is not None else None
         # Schedulers step only under automatic optimization (manual: the user calls .step()), as in Lightning.
         configs = run.schedulers if module.automatic_optimization else []
         self.step_schedulers = any(c.interval == "step" and not c.reduce_on_plateau for c in configs)
@@ -101,7 +102,10 @@ def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any
     else:
         # Same arithmetic as optimizer.step(closure), without building a closure per step.
         out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, steps_now)
-        plan.optimizer_step(plan.optimizer, None, loss is None)
+        if loss is not None:
+            plan.step_optimizer()
+        else:
+            plan.optimizer_step(plan.optimizer, None, skipped=True)  # fp16 leaves the optimizer alone (Lightning)
     if steps_now:
         state.accumulated = 0
         state.optimizer_stepped()

@@ -105,33 +105,9 @@ class Trainer:
         self.quiet = False  # True: no "ember: training on ..." line (the Tuner's range test)
         self._weights_only: bool | None = None  # how ckpt_path is loaded (ember.checkpoint.load_file)
 
-    # ------------------------------------------------------------------ public read-only state
-    global_rank = _forward("strategy", "global_rank")
-    local_rank = _forward("strategy", "local_rank")
-    node_rank = _forward("strategy", "node_rank")
-    world_size = _forward("strategy", "world_size")
-    is_global_zero = _forward("strategy", "is_global_zero")
-    num_nodes = _forward("strategy", "num_nodes")
-    model = _forward("strategy", "model", "What forward runs through (the DDP/FSDP wrapper when there is one).")
-    num_devices = _forward("accelerator", "num_devices")
-    current_epoch = _forward("state", "current_epoch")
-    global_step = _forward("state", "global_step")
-    batch_idx = _forward("state", "batch_idx")
-    is_last_batch = _forward("state", "is_last_batch")
-    sanity_checking = _forward("state", "sanity_checking")
-    training = _forward("state", "training")
-    evaluating = _forward("state", "evaluating")
-    interrupted = _forward("state", "interrupted")
+    # ------------------------------------------------------------------ public state
+    # Most attributes read the object that owns the value (FORWARDED, after the class); these are derived.
     should_stop = _forward("state", "should_stop", "Set by callbacks (early stopping, a Timer) to stop fit.", True)
-    train_dataloader = _forward("data", "train_dataloader")
-    val_dataloaders = _forward("data", "val_dataloaders")
-    test_dataloaders = _forward("data", "test_dataloaders")
-    predict_dataloaders = _forward("data", "predict_dataloaders")
-    num_training_batches = _forward("data", "num_training_batches")
-    num_val_batches = _forward("data", "num_val_batches")
-    val_check_batch = _forward("data", "val_check_batch")
-    callback_metrics = _forward("metric_store", "callback_metrics", "Brought up to date when read.")
-    logged_metrics = _forward("metric_store", "logged_metrics")
 
     @property
     def device_ids(self) -> list[int]:
@@ -426,6 +402,21 @@ def _setting(name: str) -> property:
 # Lightning's setting names are Trainer attributes (trainer.max_epochs, ...).
 for _name in TRAINER_ATTRIBUTES:
     setattr(Trainer, _name, _setting(_name))
+
+# Read-only Trainer attributes, by the object that owns them.
+FORWARDED = {
+    "strategy": ("global_rank", "local_rank", "node_rank", "world_size", "is_global_zero", "num_nodes",
+                 "model"),  # model: what forward runs through (the DDP/FSDP wrapper when there is one)
+    "accelerator": ("num_devices",),
+    "state": ("current_epoch", "global_step", "batch_idx", "is_last_batch", "sanity_checking", "training",
+              "evaluating", "interrupted"),
+    "data": ("train_dataloader", "val_dataloaders", "test_dataloaders", "predict_dataloaders",
+             "num_training_batches", "num_val_batches", "val_check_batch"),
+    "metric_store": ("callback_metrics", "logged_metrics"),  # brought up to date when read
+}
+for _owner, _names in FORWARDED.items():
+    for _name in _names:
+        setattr(Trainer, _name, _forward(_owner, _name))
 
 
 def _split_datamodule(datamodule: Any, loaders: Any) -> tuple[Any, Any]:

@@ -82,7 +82,7 @@ class TQDMProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._pending += 1
         now = time.monotonic()
-        if now < self._next_draw and not trainer.is_last_batch:
+        if now < self._next_draw and not trainer.state.is_last_batch:
             return
         self._draw(trainer, pl_module, now)
 
@@ -196,7 +196,7 @@ class RichProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._pending += 1
         now = time.monotonic()
-        if now < self._next_draw and not trainer.is_last_batch:
+        if now < self._next_draw and not trainer.state.is_last_batch:
             return
         metrics = " ".join(f"{k}={v}" for k, v in self.get_metrics(trainer, pl_module).items())
         self._progress.update(self._task, advance=self._pending, metrics=metrics)

@@ -330,11 +330,18 @@ def _fallback_yaml_dump(data: dict[str, Any]) -> str:
 
 
 class _FolderLogger(Logger):
-    """A logger that writes under ``save_dir/name/version_N``; N is found on first use, then fixed."""
+    """A logger that writes under ``save_dir/name/version_N``; N is found on first use, then fixed.
 
-    _save_dir: str
-    _name: str
-    _version: int | str | None
+    Metric keys get ``prefix`` joined by ``LOGGER_JOIN_CHAR`` (Lightning's ``prefix-key``).
+    """
+
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(self, save_dir: str | os.PathLike, name: str | None, version: int | str | None, prefix: str) -> None:
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._prefix = prefix
 
     @property
     def name(self) -> str:

@@ -95,8 +95,6 @@ class CSVLogger(_FolderLogger):
     ``save()``/``finalize()``. ``prefix`` is prepended to metric keys as ``prefix-key``.
     """
 
-    LOGGER_JOIN_CHAR = "-"
-
     def __init__(
         self,
         save_dir: str | os.PathLike,
@@ -105,11 +103,7 @@ class CSVLogger(_FolderLogger):
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
     ) -> None:
-        super().__init__()
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
-        self._prefix = prefix
+        super().__init__(save_dir, name, version, prefix)
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: ExperimentWriter | None = None
 

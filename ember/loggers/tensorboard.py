@@ -51,7 +51,6 @@ class TensorBoardLogger(_FolderLogger):
     """
 
     NAME_HPARAMS_FILE = "hparams.yaml"
-    LOGGER_JOIN_CHAR = "-"
 
     def __init__(
         self,
@@ -64,16 +63,12 @@ class TensorBoardLogger(_FolderLogger):
         sub_dir: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__()
         # Fail at construction, not at the first log call deep inside training.
         if not _tensorboard_available():
             raise ModuleNotFoundError(_MISSING_TENSORBOARD)
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version, prefix)
         self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
-        self._prefix = prefix
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
         self._kwargs = kwargs
         self._experiment: SummaryWriter | None = None

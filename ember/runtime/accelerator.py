@@ -6,7 +6,6 @@ tests can fake a machine with GPUs.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,22 +138,10 @@ def choose(accelerator: Any, devices: Any, found: MachineProbe | None = None) ->
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
     """Move every tensor in a nested batch (lists, tuples, namedtuples, dicts, dataclasses)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, dict):
-        return type(batch)((k, move_to_device(v, device, non_blocking)) for k, v in batch.items())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to_device(v, device, non_blocking) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device, non_blocking) for v in batch)
-    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        changes = {
-            f.name: move_to_device(getattr(batch, f.name), device, non_blocking)
-            for f in dataclasses.fields(batch)
-            if f.init
-        }
-        return dataclasses.replace(batch, **changes)
-    if hasattr(batch, "to") and callable(batch.to) and not isinstance(batch, type):
+    from ..utilities.apply import apply_to_tensors
+
+    def other(obj: Any) -> Any:
         # Objects with their own .to() (e.g. torch_geometric data) know best.
-        return batch.to(device)
-    return batch
+        return obj.to(device) if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type) else obj
+
+    return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking), other)

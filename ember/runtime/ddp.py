@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .launcher import (ClusterEnvironment, ScriptLauncher, SpawnLauncher, is_loopback, listen_socket,
                        loopback_interface, watch_parent)
+from ..utilities.apply import apply_to_tensors
 from .strategy import Strategy
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)  # how long a collective waits for a missing rank (torch's default)
@@ -182,7 +183,7 @@ class ParallelStrategy(Strategy):
         """Each tensor in ``tensor`` (a tensor or a collection) becomes a stack of every rank's copy: shape (W, ...)."""
         if not self._live():
             return tensor
-        return _apply_to_tensors(tensor, lambda t: _gather(t, group, sync_grads))
+        return apply_to_tensors(tensor, lambda t: _gather(t, group, sync_grads))
 
     def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
         """All-reduce a tensor across ranks ("mean", "sum", "max", "min" or a ``ReduceOp``); other values pass."""
@@ -375,18 +376,6 @@ class _RankShard(Sampler):
             total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
             indices += (indices * math.ceil(total / len(indices)))[: total - len(indices)]
         return iter(indices[self.rank::self.num_replicas])
-
-
-def _apply_to_tensors(data: Any, fn: Any) -> Any:
-    if isinstance(data, torch.Tensor):
-        return fn(data)
-    if isinstance(data, dict):
-        return type(data)((k, _apply_to_tensors(v, fn)) for k, v in data.items())
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(_apply_to_tensors(v, fn) for v in data))
-    if isinstance(data, (list, tuple)):
-        return type(data)(_apply_to_tensors(v, fn) for v in data)
-    return data
 
 
 def _gather(tensor: torch.Tensor, group: Any, sync_grads: bool) -> torch.Tensor:

@@ -31,15 +31,9 @@ def canonical(precision: Any) -> str:
 
 
 def _cast_floats(batch: Any, dtype: torch.dtype) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(dtype) if batch.is_floating_point() else batch
-    if isinstance(batch, dict):
-        return type(batch)((k, _cast_floats(v, dtype)) for k, v in batch.items())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_cast_floats(v, dtype) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_cast_floats(v, dtype) for v in batch)
-    return batch
+    from ..utilities.apply import apply_to_tensors
+
+    return apply_to_tensors(batch, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 class Precision:
@@ -137,6 +131,12 @@ class Precision:
         """Bring fp16 gradients back to their true scale, e.g. before clipping."""
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
+
+    def step_fn(self, optimizer: torch.optim.Optimizer) -> Callable[[], Any]:
+        """What a step without a closure calls: the optimizer's own ``step``, or the scaler's step and update."""
+        if self.scaler is None:
+            return optimizer.step
+        return lambda: self.optimizer_step(optimizer)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None,
                        skipped: bool = False) -> Any:
