@@ -84,7 +84,7 @@ def is_overridden(obj: Any, name: str, base: type) -> bool:
 def _is_monitor(callback: Any) -> bool:
     # Checkpointing and early stopping read metrics the module logs at the end of an epoch, so they run
     # after the module there.
-    return getattr(callback, "_monitors_metrics", False)
+    return getattr(callback, "monitors_metrics", False)
 
 
 class HookDispatcher:

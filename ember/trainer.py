@@ -23,7 +23,8 @@ import torch
 
 from . import loop
 from .callbacks.callback import Callback
-from .callbacks.defaults import checkpoints_last, is_checkpoint, trainer_callbacks
+from .callbacks.defaults import (checkpoints_last, is_checkpoint, is_early_stopping, is_progress_bar,
+                                 trainer_callbacks)
 from .callbacks.lr_finder import TunerExit
 from .config import TRAINER_ATTRIBUTES, TrainerConfig
 from .data import RunLoaders
@@ -146,11 +147,11 @@ class Trainer:
 
     @property
     def early_stopping_callback(self) -> Any:
-        return next((cb for cb in self.callbacks if getattr(cb, "_is_early_stopping", False)), None)
+        return next((cb for cb in self.callbacks if is_early_stopping(cb)), None)
 
     @property
     def progress_bar_callback(self) -> Any:
-        return next((cb for cb in self.callbacks if getattr(cb, "_is_progress_bar", False)), None)
+        return next((cb for cb in self.callbacks if is_progress_bar(cb)), None)
 
     @property
     def estimated_stepping_batches(self) -> float:

@@ -9,7 +9,7 @@ class Callback:
 
     # Callbacks that read logged metrics at the end of an epoch (checkpointing,
     # early stopping) set this so they run after the module's own hook there.
-    _monitors_metrics = False
+    monitors_metrics = False
 
     @property
     def state_key(self) -> str:

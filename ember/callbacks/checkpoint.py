@@ -32,8 +32,7 @@ class ModelCheckpoint(Callback):
     CHECKPOINT_NAME_LAST = "last"
     FILE_EXTENSION = ".ckpt"
     STARTING_VERSION = 1
-    _monitors_metrics = True
-    _is_checkpoint = True
+    monitors_metrics = True
 
     def __init__(
         self,

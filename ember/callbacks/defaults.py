@@ -21,7 +21,7 @@ def trainer_callbacks(callbacks: Any, config: Any) -> list[Callback]:
         # a Timer the user passed takes precedence.
         if not any(isinstance(cb, Timer) for cb in out):
             out.append(Timer(duration=timedelta(seconds=config.max_time), interval="step"))
-    has_bar = any(getattr(cb, "_is_progress_bar", False) for cb in out)
+    has_bar = any(is_progress_bar(cb) for cb in out)
     if config.enable_progress_bar and not has_bar:
         from .progress import TQDMProgressBar
 
@@ -46,7 +46,21 @@ def trainer_callbacks(callbacks: Any, config: Any) -> list[Callback]:
 
 
 def is_checkpoint(cb: Any) -> bool:
-    return type(cb).__name__ == "ModelCheckpoint" or getattr(cb, "_is_checkpoint", False)
+    from .checkpoint import ModelCheckpoint
+
+    return isinstance(cb, ModelCheckpoint)
+
+
+def is_progress_bar(cb: Any) -> bool:
+    from .progress import ProgressBar
+
+    return isinstance(cb, ProgressBar)
+
+
+def is_early_stopping(cb: Any) -> bool:
+    from .early_stopping import EarlyStopping
+
+    return isinstance(cb, EarlyStopping)
 
 
 def checkpoints_last(callbacks: list[Callback]) -> list[Callback]:

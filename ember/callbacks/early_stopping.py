@@ -30,8 +30,7 @@ class EarlyStopping(Callback):
     validation. ``min_epochs``/``min_steps`` of the Trainer still win over a stop.
     """
 
-    _monitors_metrics = True  # runs after the module's on_train_epoch_end (see ember.hooks.LISTENERS)
-    _is_early_stopping = True
+    monitors_metrics = True  # runs after the module's on_train_epoch_end (see ember.hooks.LISTENERS)
     mode_dict = {"min": torch.lt, "max": torch.gt}
     order_dict = {"min": "<", "max": ">"}
 

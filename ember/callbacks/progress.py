@@ -9,9 +9,8 @@ from .callback import Callback
 
 
 class ProgressBar(Callback):
-    """Base for progress bars; the Trainer finds it through ``_is_progress_bar``."""
+    """Base for progress bars (the Trainer adds a TQDMProgressBar unless one of these is given)."""
 
-    _is_progress_bar = True
 
     def __init__(self) -> None:
         self._enabled = True
