@@ -94,6 +94,13 @@ class FitState:
         self.global_step += 1
 
     @property
+    def stage(self) -> str | None:
+        """Lightning's ``trainer.state.stage``: "sanity_check", "train", "validate", "test" or "predict"."""
+        if self.sanity_checking:
+            return "sanity_check"
+        return self.evaluating or ("train" if self.fn == "fit" else self.fn)
+
+    @property
     def in_fit(self) -> bool:
         return self.fn == "fit" and not self.sanity_checking
 

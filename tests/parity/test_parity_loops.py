@@ -271,3 +271,51 @@ def test_default_trainer_same_numbers_and_files(tmp_path):
     assert_same_metrics(a[2], b[2])
     assert a[3] == b[3] == ["lightning_logs/version_0/checkpoints/epoch=1-step=8.ckpt",
                             "lightning_logs/version_0/hparams.yaml"]
+
+
+def _stages_program(L, tmp_path):
+    from parity_harness import loader
+    """trainer.state.fn and trainer.state.stage as callbacks see them, in fit, validate, test and predict."""
+    seen = []
+
+    class Watch(L.pytorch.callbacks.Callback):
+        def _note(self, trainer, hook):
+            stage = trainer.state.stage
+            seen.append((hook, str(getattr(trainer.state.fn, "value", trainer.state.fn)),
+                         None if stage is None else str(getattr(stage, "value", stage))))
+
+    for hook in ("on_fit_start", "on_sanity_check_start", "on_train_batch_start", "on_validation_batch_start",
+                 "on_train_epoch_end", "on_test_batch_start", "on_predict_batch_start"):
+        setattr(Watch, hook, lambda self, trainer, *a, _h=hook: self._note(trainer, _h))
+
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+        def test_step(self, batch, batch_idx):
+            pass
+
+        def predict_step(self, batch, batch_idx):
+            return self.layer(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(max_epochs=1, callbacks=[Watch()], **quiet(tmp_path, limit_train_batches=2, limit_val_batches=1))
+    model = Model()
+    trainer.fit(model, loader(8, 4), loader(4, 4))
+    trainer.test(model, loader(4, 4), verbose=False)
+    trainer.predict(model, loader(4, 4))
+    return seen
+
+
+def test_trainer_state_fn_and_stage_match_lightning(tmp_path):
+    expected, got = run_both(_stages_program, tmp_path=tmp_path)
+    assert len(got) == 9 and got == expected
