@@ -111,8 +111,14 @@ class Strategy:
 
     # ---- data -------------------------------------------------------------
     def distribute_loader(self, loader: Any, stage: str, use_distributed_sampler: bool, overfit: bool = False) -> Any:
-        """This rank's share of ``loader``; with one process, all of it."""
-        return loader
+        """This rank's share of ``loader``; with one process, all of it.
+
+        One process keeps the loader's sampler; only Lightning's single-process rules apply (see
+        ``ember.runtime.samplers``): predict keeps its last short batch, and ``overfit`` reads in order.
+        """
+        from .samplers import prepare_loader
+
+        return prepare_loader(loader, stage, shard=None, overfit=overfit)
 
     # ---- checkpoint IO (sharded strategies gather or scatter here) ----------
     def lightning_module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
