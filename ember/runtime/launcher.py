@@ -438,6 +438,7 @@ def _spawned_worker(local_rank: int, trainer: Any, method: str, args: tuple, kwa
     if "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
         os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
     watch_parent(parent_pid, local_rank)
+    _unshare_weights((trainer, args, kwargs))
     trainer.strategy.launcher.in_worker = True
     trainer.strategy._spawned_store_port = port
     result = getattr(trainer, method)(*args, **kwargs)
@@ -447,6 +448,38 @@ def _spawned_worker(local_rank: int, trainer: Any, method: str, args: tuple, kwa
         torch.save(_rank0_payload(trainer, result), result_path)
     trainer.strategy.barrier("spawn-end")
     trainer.strategy.destroy_process_group()
+
+
+def _unshare_weights(obj: Any) -> None:
+    """Give this worker its own copy of every module's parameters and buffers.
+
+    ``torch.multiprocessing`` passes tensors to the workers in shared memory, so on the CPU every worker
+    would otherwise step the same weights (each rank applying its averaged gradient to one copy: twice the
+    update, and a race). Found by the DDP parity suite; Lightning copies them the same way.
+    """
+    import torch
+
+    seen: set[int] = set()
+
+    def visit(item: Any) -> None:
+        if id(item) in seen:
+            return
+        seen.add(id(item))
+        if isinstance(item, torch.nn.Module):
+            with torch.no_grad():
+                for tensor in [*item.parameters(), *item.buffers()]:
+                    if tensor.is_shared():
+                        tensor.data = tensor.data.clone()
+        elif isinstance(item, (list, tuple)):
+            for x in item:
+                visit(x)
+        elif isinstance(item, dict):
+            for x in item.values():
+                visit(x)
+        elif hasattr(item, "lightning_module"):  # the Trainer
+            visit(getattr(item, "lightning_module", None))
+
+    visit(obj)
 
 
 def _to_cpu(obj: Any) -> Any:
