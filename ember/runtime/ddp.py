@@ -141,7 +141,11 @@ class ParallelStrategy(Strategy):
                 wait_for_workers=False, **({"master_listen_fd": listener.detach()} if master else {}))
             if self.launcher is not None:
                 self.launcher.listener = None  # the store owns the socket now
+        from .failures import install_excepthook
+
+        install_excepthook()  # an uncaught error on this rank ends with a one-line summary (see failures.py)
         dist.init_process_group(**kwargs)
+        install_excepthook()  # on top again: init_process_group wraps sys.excepthook to prefix "[rankN]:"
         # Leave the group in order while the interpreter is still whole: a gloo thread that drops the last
         # reference to a finished collective during interpreter shutdown needs the GIL and aborts the
         # process ("terminate called without an active exception"); destroying the group joins those threads.
