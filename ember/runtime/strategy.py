@@ -185,6 +185,10 @@ def choose(strategy: Any, accelerator: Accelerator, num_nodes: int = 1) -> Strat
             f"Trainer(strategy={strategy!r}) is not known; allowed: {', '.join(repr(s) for s in STRATEGIES)}, "
             "or a Strategy object such as DDPStrategy(...)."
         )
+    if accelerator.name == "xla":
+        from .xla import choose_strategy
+
+        return choose_strategy(strategy, accelerator, num_nodes)
     processes = accelerator.num_devices
     many = processes * num_nodes > 1 or ClusterEnvironment.detect().world_size > 1
     if strategy in ("auto", "single_device") and not many:
