@@ -138,6 +138,13 @@ def peer_gone_line(rank: int, summary: str, hint: str = "") -> str:
     return f"ember: rank {rank} stopped: {summary} (a consequence: another rank failed first{hint})"
 
 
+def later_line(rank: int, summary: str, peer_gone: bool) -> str:
+    """This rank's error, in one line, when another rank's error came first and ends the report."""
+    if peer_gone:
+        return peer_gone_line(rank, summary)
+    return f"ember: rank {rank} failed too, after another rank had failed: {summary}"
+
+
 def rank_failed(root: dict[str, Any] | None, consequences: list[str], full: bool = False,
                 died: tuple[int, str] | None = None) -> RankFailedError:
     """The error the launching process raises: the consequences one line each, then the failing rank's error.
@@ -196,8 +203,9 @@ def _report(previous: Any, kind: Any, value: BaseException, tb: Any) -> None:
     entry = record(rank, kind, value, tb)
     ending = _before_report(value, rank, entry) if _before_report is not None else None
     if entry["peer_gone"] or ending:
-        hint = "" if ending else "; its 'ember: rank N failed' line names the error"
-        for line in [peer_gone_line(rank, entry["summary"], hint), *(ending or [])]:
+        first = later_line(rank, entry["summary"], entry["peer_gone"]) if ending else \
+            peer_gone_line(rank, entry["summary"], "; its 'ember: rank N failed' line names the error")
+        for line in [first, *(ending or [])]:
             print(line, file=sys.stderr)
         sys.stderr.flush()
         return

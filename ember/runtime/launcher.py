@@ -220,6 +220,10 @@ class ScriptLauncher:
             return fn(*args, **kwargs)
         except BaseException as exc:
             failed_at = time.time()
+            try:
+                exc._ember_failed_at = failed_at  # type: ignore[attr-defined]  # (for the excepthook, later)
+            except AttributeError:
+                pass
             # The other ranks wait for this one in their next collective: stop them now, not at the timeout.
             self.stop_children(grace=1.0)
             report = self.failure_report(exc, failed_at) if isinstance(exc, Exception) else None
@@ -241,15 +245,17 @@ class ScriptLauncher:
 
         None when ``exc`` is this process's own error (it then ends the report itself).
         """
-        root = self._child_root(failed_at)
         peer_gone = failures.is_peer_gone(exc)
+        # A lost peer follows another rank's failure whenever that was; an error of this rank's own is the
+        # cause unless a child's own error was recorded before it.
+        root = self._child_root(float("inf") if peer_gone else failed_at)
         if root is None and not (peer_gone and self.first_failure is not None):
             return None
         if root is not None and root["peer_gone"] and not peer_gone:
             return None  # the child only saw this process go away
         others = failures.read_records(self.error_dir, exclude=self._global_rank(0))
         lines = [failures.peer_gone_line(e["rank"], e["summary"]) for e in others if e is not root and e["peer_gone"]]
-        lines.append(failures.peer_gone_line(self._global_rank(0), failures.summarize(type(exc), exc)))
+        lines.append(failures.later_line(self._global_rank(0), failures.summarize(type(exc), exc), peer_gone))
         died = None
         if root is None and self.first_failure is not None:
             died = (self._global_rank(self.first_failure[0]), _describe_code(self.first_failure[1]))
@@ -257,11 +263,11 @@ class ScriptLauncher:
 
     def _ending_for_hook(self, exc: BaseException, rank: int, entry: dict[str, Any]) -> list[str] | None:
         """The excepthook's question on this process: stop the children; did one fail first? Then its error ends."""
-        failed_at = time.time()
+        failed_at = getattr(exc, "_ember_failed_at", None) or time.time()
         self.stop_children(grace=1.0)
         if not entry or isinstance(exc, failures.RankFailedError):
             return None
-        root = self._child_root(failed_at)
+        root = self._child_root(float("inf") if entry["peer_gone"] else failed_at)
         if root is not None and (entry["peer_gone"] or not root["peer_gone"]):
             return failures.report_lines(root)
         if entry["peer_gone"] and self.first_failure is not None:

@@ -64,6 +64,14 @@ def test_the_last_line_is_the_failing_ranks_own_error_under_ddp(tmp_path, failin
         assert tail[-2] == ERROR
 
 
+def test_when_both_ranks_fail_the_job_still_ends_with_one_of_their_own_errors(tmp_path):
+    proc, seconds = _run(tmp_path, "-1")
+    assert proc.returncode != 0 and seconds < 30
+    last = _lines(proc.stderr)[-1]
+    assert last in (f"ember: rank 0 failed: {ERROR}", f"ember: rank 1 failed: {ERROR}"), proc.stderr[-3000:]
+    assert "a consequence" not in proc.stderr  # neither error is called a consequence of the other
+
+
 def test_the_last_line_is_the_failing_ranks_own_error_under_ddp_spawn(tmp_path):
     proc, seconds = _run(tmp_path, "1", "--strategy", "ddp_spawn")
     assert proc.returncode != 0 and seconds < 30

@@ -1,6 +1,6 @@
 """A 2-rank classifier where one rank meets a bad label: the issue-9 failure, for the failure-report tests.
 
-    python failure_report.py OUT RANK [--strategy ddp|ddp_spawn]
+    python failure_report.py OUT RANK [--strategy ddp|ddp_spawn]   # RANK -1: both ranks meet the bad label
     torchrun --nproc_per_node=2 failure_report.py OUT RANK
 
 At global step 2, rank RANK's batch holds the label 7 of a 3-class problem, so its cross_entropy raises
@@ -28,7 +28,7 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        if self.global_rank == self.fail_rank and self.global_step == BAD_STEP:
+        if self.fail_rank in (self.global_rank, -1) and self.global_step == BAD_STEP:
             y = y.clone()
             y[0] = 7  # a label only this rank sees
             with open(os.path.join(self.out, "failed_at"), "w") as fh:
