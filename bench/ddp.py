@@ -5,7 +5,9 @@ per-process batch of --batch (weak scaling: 2 processes see twice the samples pe
 ways, inside the same processes, interleaved round by round (the order rotates every round):
 
     hand       the idiomatic hand-written loop; with 2 processes DistributedDataParallel plus a
-               DistributedSampler (set_epoch every epoch);
+               DistributedSampler(shuffle=True, seed=0), set_epoch every epoch: the sampler ember and
+               Lightning inject into the frameworks' shuffled loader (seed_everything is not called, so
+               their seed is 0 too), so all programs read the same batches;
     hand-late-zero-grad
                the same loop with zero_grad after the forward, in Lightning's hook order;
     ember      Trainer(accelerator="cpu", devices=N).fit(...);

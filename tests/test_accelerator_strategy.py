@@ -14,9 +14,10 @@ import ember as L
 from ember.runtime import accelerator as acc
 from ember.runtime import launcher as launch
 from ember.runtime import strategy as strat
-from ember.runtime.ddp import DDPStrategy, _RankShard
+from ember.runtime.ddp import DDPStrategy
 from ember.runtime.fsdp import FSDPStrategy
 from ember.runtime.precision import Precision
+from ember.runtime.samplers import DistributedSamplerWrapper, UnrepeatedDistributedSamplerWrapper
 
 FOUR_GPUS = acc.MachineProbe(cuda_count=4, mps=False)
 CPU = acc.MachineProbe(cuda_count=0, mps=False)
@@ -175,14 +176,44 @@ class Squares(IterableDataset):
         return iter(range(4))
 
 
-def test_a_distributed_sampler_replaces_the_default_ones_and_keeps_shuffle(no_launcher):
+def test_the_train_sampler_shuffles_even_when_the_loader_does_not(no_launcher):
+    """Lightning's rule: the injected train sampler always shuffles, seeded from PL_GLOBAL_SEED."""
     s = rank_one_of_two(no_launcher)
     for shuffle in (True, False):
         loader = s.distribute_loader(DataLoader(dataset(), batch_size=2, shuffle=shuffle, drop_last=True), "train", True)
         sampler = loader.sampler
-        assert isinstance(sampler, DistributedSampler) and sampler.shuffle is shuffle
-        assert (sampler.num_replicas, sampler.rank, sampler.seed) == (2, 1, 7)
+        assert type(sampler) is DistributedSampler and sampler.shuffle is True
+        assert (sampler.num_replicas, sampler.rank, sampler.seed, sampler.drop_last) == (2, 1, 7, False)
         assert loader.batch_size == 2 and loader.drop_last and len(loader) == 2
+
+
+def test_overfit_batches_turns_the_train_shuffle_off(no_launcher):
+    s = rank_one_of_two(no_launcher)
+    loader = s.distribute_loader(DataLoader(dataset(), batch_size=2, shuffle=True), "train", True, overfit=True)
+    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle is False
+    assert [int(v) for b in loader for v in b[0]] == [1, 3, 5, 7, 9]
+
+
+def test_evaluation_samplers_keep_the_loaders_shuffle_and_warn_when_it_shuffles(no_launcher):
+    s = rank_one_of_two(no_launcher)
+    for stage in ("validate", "test"):
+        plain = s.distribute_loader(DataLoader(dataset(), batch_size=2), stage, True)
+        assert isinstance(plain.sampler, DistributedSampler) and plain.sampler.shuffle is False
+        assert [int(v) for b in plain for v in b[0]] == [1, 3, 5, 7, 9]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rank 1 stays quiet: the warning is rank 0's
+        shuffled = s.distribute_loader(DataLoader(dataset(), batch_size=2, shuffle=True), "validate", True)
+    assert shuffled.sampler.shuffle is True
+    launched_as(no_launcher, RANK=0, LOCAL_RANK=0)
+    with pytest.warns(UserWarning, match="The test DataLoader shuffles"):
+        strat.choose("ddp", cpu(2)).distribute_loader(DataLoader(dataset(), shuffle=True), "test", True)
+
+
+def test_a_ddp_strategy_on_one_process_still_injects_the_sampler(no_launcher):
+    s = strat.choose("ddp", cpu(1))
+    loader = s.distribute_loader(DataLoader(dataset(), batch_size=2), "train", True)
+    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.num_replicas == 1
+    assert sorted(int(v) for b in loader for v in b[0]) == list(range(10))
 
 
 def test_what_is_left_alone(no_launcher):
@@ -201,30 +232,83 @@ def test_a_dataloader_subclass_keeps_its_class_and_settings(no_launcher):
         marker = "mine"
 
     s = rank_one_of_two(no_launcher)
-    loader = s.distribute_loader(MyLoader(dataset(), batch_size=3, collate_fn=lambda b: b), "train", True)
+    # (validate: an unshuffled loader stays in order, so the batch can be written down)
+    loader = s.distribute_loader(MyLoader(dataset(), batch_size=3, collate_fn=lambda b: b), "validate", True)
     assert type(loader) is MyLoader and loader.batch_size == 3 and list(loader)[0] == [(torch.tensor(1.0),),
                                                                                        (torch.tensor(3.0),),
                                                                                        (torch.tensor(5.0),)]
 
 
-def test_a_custom_batch_sampler_is_kept_with_a_warning(no_launcher):
+class Pairs(BatchSampler):
+    pass
+
+
+def test_a_batch_sampler_subclass_is_rebuilt_around_the_distributed_sampler(no_launcher):
     s = rank_one_of_two(no_launcher)
+    loader = s.distribute_loader(DataLoader(dataset(), batch_sampler=Pairs(SequentialSampler(dataset()), 2, True)),
+                                 "train", True)
+    assert type(loader.batch_sampler) is Pairs and loader.batch_sampler.drop_last is True
+    inner = loader.batch_sampler.sampler
+    assert isinstance(inner, DistributedSampler) and inner.shuffle and loader.sampler is inner  # set_epoch reaches it
+    assert len(loader) == 2
 
-    class Pairs(BatchSampler):
-        pass
 
-    loader = DataLoader(dataset(), batch_sampler=Pairs(SequentialSampler(dataset()), 2, False))
-    with pytest.warns(UserWarning, match="custom batch_sampler.*use_distributed_sampler=False"):
-        assert s.distribute_loader(loader, "train", True) is loader
+def test_a_batch_sampler_that_cannot_be_rebuilt_is_refused_naming_it(no_launcher):
+    class Fixed:
+        def __iter__(self):
+            return iter([[0, 1], [2, 3]])
+
+        def __len__(self):
+            return 2
+
+    s = rank_one_of_two(no_launcher)
+    with pytest.raises(TypeError, match="batch_sampler \\(Fixed\\).*use_distributed_sampler=False"):
+        s.distribute_loader(DataLoader(dataset(), batch_sampler=Fixed()), "train", True)
 
 
-def test_predict_splits_every_sample_once_and_training_pads_to_equal_shares(no_launcher):
+class EveryOther(torch.utils.data.Sampler):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(list(range(0, self.n, 2)) + list(range(1, self.n, 2)))
+
+
+def test_a_custom_sampler_is_wrapped_and_its_output_sharded_like_a_dataset(no_launcher):
+    s = rank_one_of_two(no_launcher)
+    loader = s.distribute_loader(DataLoader(dataset(), batch_size=1, sampler=EveryOther(10)), "train", True)
+    assert isinstance(loader.sampler, DistributedSamplerWrapper) and loader.sampler.shuffle
+    order = list(EveryOther(10))
+    positions = torch.randperm(10, generator=torch.Generator().manual_seed(7)).tolist()[1::2]  # seed 7, epoch 0
+    assert [int(b[0]) for b in loader] == [order[p] for p in positions]
+    unshuffled = DistributedSamplerWrapper(EveryOther(5), num_replicas=2, rank=1, shuffle=False)
+    assert list(unshuffled) == [2, 1, 0]  # positions 1, 3 and the pad (position 0) of [0, 2, 4, 1, 3]
+
+
+def test_a_sampler_without_length_is_refused_with_the_way_out(no_launcher):
+    class Endless(torch.utils.data.Sampler):
+        def __iter__(self):
+            return iter(range(10))
+
+    s = rank_one_of_two(no_launcher)
+    with pytest.raises(TypeError, match="Endless.*no finite __len__.*use_distributed_sampler=False"):
+        s.distribute_loader(DataLoader(dataset(), sampler=Endless()), "train", True)
+
+
+def test_predict_splits_every_sample_once_and_keeps_the_last_short_batch(no_launcher):
     s = rank_one_of_two(no_launcher)
     loader = s.distribute_loader(DataLoader(dataset(5), batch_size=1), "predict", True)
+    assert isinstance(loader.sampler, UnrepeatedDistributedSamplerWrapper)
     assert [int(b[0]) for b in loader] == [1, 3]
-    assert list(_RankShard(range(5), 2, 0, pad=False)) == [0, 2, 4]
-    assert list(_RankShard(range(5), 2, 1, pad=True)) == [1, 3, 0]  # padded with the first index
-    assert len(_RankShard(range(5), 2, 1, pad=True)) == 3 and len(_RankShard(range(5), 2, 1, pad=False)) == 2
+    assert list(UnrepeatedDistributedSamplerWrapper(range(5), 2, 0, shuffle=False)) == [0, 2, 4]
+    assert len(UnrepeatedDistributedSamplerWrapper(range(5), 2, 1)) == 2
+    dropping = s.distribute_loader(DataLoader(dataset(7), batch_size=2, drop_last=True), "predict", True)
+    assert [[int(v) for v in b[0]] for b in dropping] == [[1, 3], [5]] and not dropping.drop_last
+    one = strat.SingleDeviceStrategy().distribute_loader(DataLoader(dataset(5), batch_size=2, drop_last=True), "predict", True)
+    assert [len(b[0]) for b in one] == [2, 2, 1]  # one process, too: every sample gets a prediction
 
 
 # --------------------------------------------------------------------------- one process costs nothing extra

@@ -102,3 +102,81 @@ def test_a_custom_transfer_hook_is_used_for_every_batch():
     trainer = L.Trainer(max_epochs=2, **QUIET)
     trainer.fit(Hooked(), train_dataloaders=dataloader())
     assert seen == [("cpu", 0)] * 6
+
+
+# --------------------------------------------------------------------------- TPUs, through a faked torch_xla
+import sys  # noqa: E402
+import types  # noqa: E402
+
+from ember.runtime import xla as ember_xla  # noqa: E402
+
+
+class FakeTorchXLA(types.ModuleType):
+    """The few torch_xla calls ember makes; the 'XLA device' is the CPU, so a run is checkable against one."""
+
+    def __init__(self, cores: int) -> None:
+        super().__init__("torch_xla")
+        self.cores, self.syncs, self.devices_asked = cores, 0, []
+
+    def device(self, index=None):
+        self.devices_asked.append(index)
+        return torch.device("cpu")
+
+    def sync(self):
+        self.syncs += 1
+
+
+@pytest.fixture
+def fake_xla(monkeypatch):
+    fake = FakeTorchXLA(cores=4)
+    runtime = types.ModuleType("torch_xla.runtime")
+    runtime.global_runtime_device_count = lambda: fake.cores
+    monkeypatch.setitem(sys.modules, "torch_xla", fake)
+    monkeypatch.setitem(sys.modules, "torch_xla.runtime", runtime)
+    monkeypatch.setitem(sys.modules, "torch_xla._internal", None)  # (an import of it fails: the runtime answers)
+    return fake
+
+
+def test_tpu_is_a_known_accelerator_that_without_torch_xla_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_xla", None)  # not installed
+    assert "tpu" in acc.ACCELERATORS
+    with pytest.raises(RuntimeError) as info:
+        L.Trainer(accelerator="tpu", devices=1, **QUIET)
+    message = str(info.value)
+    assert "accelerator='tpu'" in message and "torch_xla" in message and "not installed" in message
+    assert "pip install" in message and "torch_xla[tpu]==" in message
+    assert acc.probe().tpu_count == 0  # and the probe finds no TPU, so "auto" stays on what there is
+
+
+def test_a_tpu_run_uses_the_xla_device_and_runs_the_graph_once_per_step(fake_xla):
+    reference = make_class(L)()
+    L.Trainer(accelerator="cpu", devices=1, max_epochs=2, **QUIET).fit(reference, dataloader())
+    model = make_class(L)()
+    trainer = L.Trainer(accelerator="tpu", devices=1, max_epochs=2, **QUIET)
+    assert trainer.accelerator.name == "xla" and trainer.accelerator.describe() == "tpu (xla) (1 device)"
+    assert isinstance(trainer.strategy, ember_xla.XLAStrategy) and fake_xla.devices_asked == [0]
+    trainer.fit(model, dataloader())
+    assert fake_xla.syncs == 2 * 3 + 1  # before each of the 6 steps, and once at the end
+    assert trainer.global_step == 6 and torch.equal(model.final_bias, reference.final_bias)
+
+
+def test_tpu_devices_follow_lightnings_forms(fake_xla):
+    assert acc.choose("tpu", 1).device_ids == (0,)
+    assert acc.choose("tpu", [2]).device_ids == (2,) and fake_xla.cores == 4
+    for several in ("auto", 4, "4"):
+        with pytest.raises(NotImplementedError, match="4 TPU cores.*Use devices=1"):
+            acc.choose("tpu", several)
+    with pytest.raises(ValueError, match=r"devices=3\) is not valid; allowed: 1, 4 \(every core\)"):
+        acc.choose("tpu", 3)
+    with pytest.raises(ValueError, match=r"devices=\[4\]"):
+        acc.choose("tpu", [4])
+
+
+def test_auto_prefers_a_tpu_and_other_strategies_on_a_tpu_are_refused(fake_xla):
+    tpu_machine = acc.MachineProbe(cuda_count=2, mps=False, tpu_count=8)
+    assert acc.choose("auto", 1, tpu_machine).name == "xla"
+    with pytest.raises(NotImplementedError, match="strategy='ddp'.*one core"):
+        L.Trainer(accelerator="tpu", devices=1, strategy="ddp", **QUIET)
+    fake_xla.cores = 0
+    with pytest.raises(RuntimeError, match="torch_xla is installed but finds no TPU"):
+        acc.choose("tpu", 1)

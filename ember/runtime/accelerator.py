@@ -1,6 +1,7 @@
 """Which device trains, and how a batch gets there.
 
-``accelerator="auto"`` prefers CUDA, then Apple's MPS, then the CPU.
+``accelerator="auto"`` prefers a TPU (when torch_xla is installed and finds one), then CUDA, then
+Apple's MPS, then the CPU. ``accelerator="tpu"`` runs through torch_xla (``ember.runtime.xla``).
 Everything that asks the machine what it has goes through ``probe()`` so the
 tests can fake a machine with GPUs.
 """
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
 
 @dataclass(frozen=True)
@@ -20,18 +21,32 @@ class MachineProbe:
 
     cuda_count: int
     mps: bool
+    tpu_count: int = 0  # TPU cores torch_xla reports; 0 without torch_xla
 
 
 def probe() -> MachineProbe:
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     mps_backend = getattr(torch.backends, "mps", None)
     mps = bool(mps_backend is not None and mps_backend.is_available())
-    return MachineProbe(cuda_count=cuda, mps=mps)
+    return MachineProbe(cuda_count=cuda, mps=mps, tpu_count=_tpu_count())
+
+
+def _tpu_count() -> int:
+    from . import xla
+
+    if not xla.is_installed():
+        return 0
+    try:
+        return xla.device_count()
+    except (RuntimeError, ValueError, AssertionError, OSError):  # torch_xla present, no TPU (e.g. a CPU build)
+        return 0
 
 
 def _describe(found: MachineProbe) -> str:
     parts = [f"{found.cuda_count} CUDA device(s)"]
     parts.append("MPS available" if found.mps else "no MPS")
+    if found.tpu_count:
+        parts.append(f"{found.tpu_count} TPU core(s)")
     return ", ".join(parts)
 
 
@@ -39,7 +54,7 @@ def _describe(found: MachineProbe) -> str:
 class Accelerator:
     """The chosen device type and the device indices this process may use."""
 
-    name: str  # "cpu", "cuda" or "mps"
+    name: str  # the torch device type: "cpu", "cuda", "mps", or "xla" (accelerator="tpu")
     device_ids: tuple[int, ...]
 
     @property
@@ -49,11 +64,16 @@ class Accelerator:
     def root_device(self, local_rank: int = 0) -> torch.device:
         if self.name == "cpu":
             return torch.device("cpu")
+        if self.name == "xla":
+            from . import xla
+
+            return xla.device(self.device_ids[local_rank])  # the device object torch_xla hands out
         return torch.device(self.name, self.device_ids[local_rank])
 
     def describe(self) -> str:
         n = self.num_devices
-        return f"{self.name} ({n} device{'s' if n != 1 else ''})"
+        name = "tpu (xla)" if self.name == "xla" else self.name
+        return f"{name} ({n} device{'s' if n != 1 else ''})"
 
 
 def _parse_devices(devices: Any, available: int, kind: str) -> tuple[int, ...]:
@@ -108,9 +128,22 @@ def choose(accelerator: Any, devices: Any, found: MachineProbe | None = None) ->
         raise ValueError(
             f"Trainer(accelerator={accelerator!r}) is not known; allowed: {', '.join(repr(a) for a in ACCELERATORS)}."
         )
-    found = found or probe()
     kind = accelerator.lower()
+    if kind == "tpu":
+        from . import xla
+
+        xla.torch_xla(accelerator)  # an error naming torch_xla and how to install it, when it is missing
+    found = found or probe()
+    if kind == "tpu":
+        if not found.tpu_count:
+            raise RuntimeError(f"Trainer(accelerator={accelerator!r}): torch_xla is installed but finds no TPU on this "
+                               f"machine ({_describe(found)}). Use accelerator='auto' to fall back to what there is.")
+        return Accelerator(name="xla", device_ids=xla.parse_devices(devices, found.tpu_count))
     if kind == "auto":
+        if found.tpu_count:  # Lightning's order: TPU, then GPUs, then the CPU
+            from . import xla
+
+            return Accelerator(name="xla", device_ids=xla.parse_devices(devices, found.tpu_count))
         kind = "cuda" if found.cuda_count else "mps" if found.mps else "cpu"
     elif kind == "gpu":
         if found.cuda_count:

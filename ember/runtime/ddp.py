@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import os
-import warnings
 from datetime import timedelta
-from typing import Any, ContextManager, Iterator
+from typing import Any, ContextManager
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
 
 from .launcher import (ClusterEnvironment, ScriptLauncher, SpawnLauncher, is_loopback, listen_socket,
                        loopback_interface, watch_parent)
@@ -60,6 +57,7 @@ class ParallelStrategy(Strategy):
         self._last_vote_time = 0.0
         self._local_signal: int | None = None
         self._deferred_to: Any = None
+        self._module: Any = None  # the LightningModule being run (set by setup_module)
 
     # ---- who am I --------------------------------------------------------
     def _set_ranks(self, env: ClusterEnvironment) -> None:
@@ -101,6 +99,13 @@ class ParallelStrategy(Strategy):
             return  # the launcher has not run (yet): nothing to join
         self.cluster = env
         self._set_ranks(env)
+        # As Lightning's DDP does at every fit/validate/test/predict: every rank starts from the seed that
+        # seed_everything set (when it was called), whatever the model's construction drew from the RNG.
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            from ..utilities.seed import seed_everything
+
+            seed_everything(int(seed), workers=bool(int(os.environ.get("PL_SEED_WORKERS", "0"))), verbose=False)
         from ..utilities.rank_zero import rank_zero_only
 
         rank_zero_only.rank = self.global_rank
@@ -137,7 +142,11 @@ class ParallelStrategy(Strategy):
                 wait_for_workers=False, **({"master_listen_fd": listener.detach()} if master else {}))
             if self.launcher is not None:
                 self.launcher.listener = None  # the store owns the socket now
+        from .failures import install_excepthook
+
+        install_excepthook()  # an uncaught error on this rank ends with a one-line summary (see failures.py)
         dist.init_process_group(**kwargs)
+        install_excepthook()  # on top again: init_process_group wraps sys.excepthook to prefix "[rankN]:"
         # Leave the group in order while the interpreter is still whole: a gloo thread that drops the last
         # reference to a finished collective during interpreter shutdown needs the GIL and aborts the
         # process ("terminate called without an active exception"); destroying the group joins those threads.
@@ -276,38 +285,24 @@ class ParallelStrategy(Strategy):
 
     # ---- data -------------------------------------------------------------
     def distribute_loader(self, loader: Any, stage: str, use_distributed_sampler: bool, overfit: bool = False) -> Any:
-        """Give this rank its share of ``loader`` (a ``DistributedSampler`` or equivalent), as Lightning does."""
-        if not use_distributed_sampler or not isinstance(loader, DataLoader) or self.world_size == 1:
-            return loader
-        if isinstance(loader.dataset, torch.utils.data.IterableDataset):
-            return loader  # an iterable dataset shards itself (it knows its own rank)
-        sampler = loader.sampler
-        if isinstance(sampler, (torch.utils.data.DistributedSampler, _RankShard)):
-            return loader
-        plain_batching = loader.batch_size is not None and type(loader.batch_sampler) is torch.utils.data.BatchSampler
-        if loader.batch_size is None and loader.batch_sampler is not None or not plain_batching \
-                and loader.batch_size is not None:
-            warnings.warn(
-                f"The {stage} DataLoader has a custom batch_sampler ({type(loader.batch_sampler).__name__}); ember "
-                f"keeps it as it is, so each of the {self.world_size} processes reads every batch it yields. Make it "
-                "yield only this rank's batches (trainer.global_rank, trainer.world_size), or pass "
-                "Trainer(use_distributed_sampler=False) to silence this.", UserWarning, stacklevel=3)
-            return loader
-        kwargs = self.distributed_sampler_kwargs
-        if stage == "predict":
-            new: Sampler = _RankShard(sampler, pad=False, **kwargs)  # every sample predicted exactly once
-        elif type(sampler) in (torch.utils.data.RandomSampler, torch.utils.data.SequentialSampler):
-            shuffle = isinstance(sampler, torch.utils.data.RandomSampler) and not overfit
-            new = torch.utils.data.DistributedSampler(loader.dataset, shuffle=shuffle,
-                                                      seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **kwargs)
-        else:
-            warnings.warn(
-                f"The {stage} DataLoader uses a custom sampler ({type(sampler).__name__}). ember keeps it and gives "
-                f"rank r of {self.world_size} the positions r, r+{self.world_size}, ... of what it yields each epoch, "
-                "so the sampler must yield the same sequence on every rank (seed it, e.g. with seed_everything). "
-                "Pass Trainer(use_distributed_sampler=False) if it already shards by rank.", UserWarning, stacklevel=3)
-            new = _RankShard(sampler, pad=True, **kwargs)
-        return _with_sampler(loader, new)
+        """Give this rank its share of ``loader``, by Lightning's rules (the table in ``ember.runtime.samplers``).
+
+        ``use_distributed_sampler=False`` keeps the loader's sampler: every rank then reads all of it
+        unless the sampler itself shards by rank.
+        """
+        from .samplers import prepare_loader
+
+        shard = self.distributed_sampler_kwargs if use_distributed_sampler else None
+        return prepare_loader(loader, stage, shard=shard, overfit=overfit, epoch_source=self._current_epoch)
+
+    def _current_epoch(self) -> int:
+        """The trainer's epoch, which samplers made for evaluation take before each pass (as in Lightning)."""
+        module = self._module
+        return int(getattr(module, "current_epoch", 0) or 0) if module is not None else 0
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._module = module
+        return super().setup_module(module)
 
     def teardown(self) -> None:
         # The process group stays up between fit/validate/test/predict; it ends with the process. The last
@@ -331,51 +326,6 @@ def _control_group() -> Any:
     if _CONTROL is None:
         _CONTROL = dist.new_group(backend="gloo")
     return _CONTROL
-
-
-def _with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
-    """A shallow copy of ``loader`` (subclass, workers, collate_fn and all) that draws indices from ``sampler``."""
-    import copy
-
-    new = copy.copy(loader)
-    # DataLoader forbids re-assigning these after __init__; the copy is fresh and not iterated yet.
-    object.__setattr__(new, "sampler", sampler)
-    object.__setattr__(new, "batch_sampler", torch.utils.data.BatchSampler(sampler, loader.batch_size,
-                                                                           loader.drop_last))
-    object.__setattr__(new, "_iterator", None)
-    return new
-
-
-class _RankShard(Sampler):
-    """Rank r's slice (positions r, r+W, ...) of what another sampler yields this epoch.
-
-    ``pad=True`` repeats the first indices so every rank gets the same count (training
-    must run the same number of steps on every rank); ``pad=False`` (predict) yields each
-    index exactly once, so ranks may differ by one.
-    """
-
-    def __init__(self, sampler: Any, num_replicas: int, rank: int, pad: bool) -> None:
-        self.sampler = sampler
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.pad = pad
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        if self.pad:
-            return math.ceil(n / self.num_replicas)
-        return len(range(self.rank, n, self.num_replicas))
-
-    def __iter__(self) -> Iterator[Any]:
-        indices = list(self.sampler)
-        if self.pad and indices:
-            total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
-            indices += (indices * math.ceil(total / len(indices)))[: total - len(indices)]
-        return iter(indices[self.rank::self.num_replicas])
 
 
 def _gather(tensor: torch.Tensor, group: Any, sync_grads: bool) -> torch.Tensor:

@@ -18,7 +18,7 @@ Failure handling (the bounds are documented in the README's Scaling out section)
 
 - a rank that raises exits non-zero with its traceback on stderr; the launching
   process notices within ``POLL_S`` seconds, kills the other ranks and exits
-  with that code;
+  with that code, its last lines naming that rank's error (``ember.runtime.failures``);
 - a rank killed by a signal is noticed the same way;
 - if the launching process itself dies, every child notices within
   ``POLL_S`` seconds that its parent is gone and exits.
@@ -36,6 +36,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from . import failures
 
 POLL_S = 0.2  # how often parents look at children and children at their parent
 # The documented bound (the README's Scaling out section): after any rank dies, by an exception or SIGKILL, the whole job
@@ -206,6 +208,8 @@ class ScriptLauncher:
         self._lock = threading.Lock()
         self._done = False
         self.first_failure: tuple[int, int] | None = None  # (local rank, exit code) of the first child that failed
+        self.node_rank = 0
+        self.error_dir: str | None = None  # where each rank records its uncaught error (failures.ERROR_DIR_VAR)
 
     def should_launch(self) -> bool:
         return not self._launched and not ClusterEnvironment.detect().launched
@@ -214,10 +218,76 @@ class ScriptLauncher:
         self._start_children()
         try:
             return fn(*args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
+            failed_at = time.time()
+            try:
+                exc._ember_failed_at = failed_at  # type: ignore[attr-defined]  # (for the excepthook, later)
+            except AttributeError:
+                pass
             # The other ranks wait for this one in their next collective: stop them now, not at the timeout.
             self.stop_children(grace=1.0)
+            report = self.failure_report(exc, failed_at) if isinstance(exc, Exception) else None
+            if report is not None:
+                raise report from None  # another rank failed first: end with its error, not this consequence
             raise
+
+    # ---- what to say when a rank failed -------------------------------------
+    def _global_rank(self, local_rank: int) -> int:
+        return self.node_rank * self.num_processes + local_rank
+
+    def _child_root(self, before: float) -> dict[str, Any] | None:
+        """The error of the child that failed first, if it failed before ``before`` (a time.time())."""
+        root = failures.root_cause(failures.read_records(self.error_dir, exclude=self._global_rank(0)))
+        return root if root is not None and root["time"] <= before else None
+
+    def failure_report(self, exc: BaseException, failed_at: float) -> failures.RankFailedError | None:
+        """A ``RankFailedError`` ending with the child's error when this process's ``exc`` followed a child's failure.
+
+        None when ``exc`` is this process's own error (it then ends the report itself).
+        """
+        peer_gone = failures.is_peer_gone(exc)
+        # A lost peer follows another rank's failure whenever that was; an error of this rank's own is the
+        # cause unless a child's own error was recorded before it.
+        root = self._child_root(float("inf") if peer_gone else failed_at)
+        if root is None and not (peer_gone and self.first_failure is not None):
+            return None
+        if root is not None and root["peer_gone"] and not peer_gone:
+            return None  # the child only saw this process go away
+        others = failures.read_records(self.error_dir, exclude=self._global_rank(0))
+        lines = [failures.peer_gone_line(e["rank"], e["summary"]) for e in others if e is not root and e["peer_gone"]]
+        lines.append(failures.later_line(self._global_rank(0), failures.summarize(type(exc), exc), peer_gone))
+        died = None
+        if root is None and self.first_failure is not None:
+            died = (self._global_rank(self.first_failure[0]), _describe_code(self.first_failure[1]))
+        return failures.rank_failed(root, lines, died=died)
+
+    def _ending_for_hook(self, exc: BaseException, rank: int, entry: dict[str, Any]) -> list[str] | None:
+        """The excepthook's question on this process: stop the children; did one fail first? Then its error ends."""
+        failed_at = getattr(exc, "_ember_failed_at", None) or time.time()
+        self.stop_children(grace=1.0)
+        if not entry or isinstance(exc, failures.RankFailedError):
+            return None
+        root = self._child_root(float("inf") if entry["peer_gone"] else failed_at)
+        if root is not None and (entry["peer_gone"] or not root["peer_gone"]):
+            return failures.report_lines(root)
+        if entry["peer_gone"] and self.first_failure is not None:
+            local, code = self.first_failure
+            return [f"ember: rank {self._global_rank(local)} failed: it exited with {_describe_code(code)}, without "
+                    "a Python error (killed, or out of memory?)"]
+        return None
+
+    def _ending_after_child_exit(self, local_rank: int, code: int) -> list[str]:
+        root = failures.root_cause(failures.read_records(self.error_dir))
+        if root is not None:
+            return failures.report_lines(root)
+        return [f"ember: rank {self._global_rank(local_rank)} failed: it exited with {_describe_code(code)}, without "
+                "a Python error (killed, or out of memory?)"]
+
+    def remove_error_dir(self) -> None:
+        if self.error_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.error_dir, ignore_errors=True)
 
     def _start_children(self) -> None:
         env = ClusterEnvironment.detect()
@@ -228,6 +298,9 @@ class ScriptLauncher:
                 f"Trainer(num_nodes={self.num_nodes}) without torchrun or SLURM needs MASTER_ADDR, MASTER_PORT and "
                 "NODE_RANK set on every node before the script starts (see the README's Scaling out section); or launch with torchrun."
             )
+        self.node_rank = node_rank
+        self.error_dir = tempfile.mkdtemp(prefix="ember-errors-")
+        os.environ[failures.ERROR_DIR_VAR] = self.error_dir  # the children inherit it
         port = env.master_port
         if node_rank == 0:
             self.listener = listen_socket(addr, port)
@@ -272,11 +345,14 @@ class ScriptLauncher:
                     return
                 local_rank, code = failed
                 _log(f"local rank {local_rank} (pid {self.children[local_rank - 1].pid}) exited with "
-                     f"{_describe_code(code)}; its error is printed above. Stopping the other ranks.")
+                     f"{_describe_code(code)}; stopping the other ranks.")
                 self.kill_children()
                 _finish_pending_writes()
                 sys.stdout.flush()
+                for line in self._ending_after_child_exit(local_rank, code):
+                    print(line, file=sys.stderr)
                 sys.stderr.flush()
+                self.remove_error_dir()
                 os._exit(_exit_code(code))
 
     def stop_children(self, grace: float = 0.0) -> None:
@@ -355,18 +431,10 @@ def _exit_code(code: int) -> int:
 
 
 def _install_exit_handlers(launcher: ScriptLauncher) -> None:
-    """Uncaught error on rank 0: kill the children first. Clean exit: wait for them and keep their exit code."""
-    previous = sys.excepthook
-
-    def excepthook(kind: Any, value: Any, tb: Any) -> None:
-        launcher.stop_children(grace=1.0)
-        failed = launcher.first_failure
-        previous(kind, value, tb)
-        if failed is not None:
-            _log(f"local rank {failed[0]} had already exited with {_describe_code(failed[1])}; its error (printed "
-                 "above) is the likely cause of the error on rank 0.")
-
-    sys.excepthook = excepthook
+    """Uncaught error on rank 0: kill the children first, and end with the error of the rank that failed first.
+    Clean exit: wait for the children and keep their exit code."""
+    failures.install_excepthook(launcher._ending_for_hook)
+    atexit.register(launcher.remove_error_dir)  # (atexit runs this last)
 
     def at_exit() -> None:
         with launcher._lock:
@@ -379,7 +447,11 @@ def _install_exit_handlers(launcher: ScriptLauncher) -> None:
             _log(f"another rank failed (exit status {code}); so does this job.")
             _finish_pending_writes()
             sys.stdout.flush()
+            failed = launcher.failed_child()
+            for line in launcher._ending_after_child_exit(*(failed or (1, code))):
+                print(line, file=sys.stderr)
             sys.stderr.flush()
+            launcher.remove_error_dir()
             os._exit(code)
 
     atexit.register(at_exit)
@@ -419,9 +491,12 @@ class SpawnLauncher:
                               master_listen_fd=listener.detach())  # the store owns (and closes) the socket now
         with tempfile.TemporaryDirectory(prefix="ember-spawn-") as tmp:
             result_path = os.path.join(tmp, "rank0.pt")
-            mp.start_processes(_spawned_worker, args=(trainer, fn.__name__, args, kwargs, port, result_path,
-                                                      os.getpid()),
-                               nprocs=self.num_processes, join=True, start_method=self.start_method)
+            try:
+                mp.start_processes(_spawned_worker, args=(trainer, fn.__name__, args, kwargs, port, result_path,
+                                                          os.getpid(), tmp),
+                                   nprocs=self.num_processes, join=True, start_method=self.start_method)
+            except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+                raise _spawn_failure(exc, tmp) from None
             del store
             import torch
 
@@ -429,15 +504,37 @@ class SpawnLauncher:
         return _apply_rank0_payload(trainer, payload)
 
 
+def _spawn_failure(exc: Exception, error_dir: str) -> Exception:
+    """What the caller raises when a ddp_spawn worker failed: the consequences one line each, the cause whole."""
+    records = failures.read_records(error_dir)
+    root = failures.root_cause(records)
+    if root is None and not isinstance(exc, getattr(sys.modules.get("torch.multiprocessing"),
+                                                    "ProcessExitedException", ())):
+        return exc  # (nothing recorded: torch's own report, which carries the worker's traceback)
+    lines = [failures.peer_gone_line(e["rank"], e["summary"]) for e in records if e is not root]
+    died = None if root is not None else (exc.error_index, str(exc).replace(f"process {exc.error_index} ", "", 1))
+    return failures.rank_failed(root, lines, full=True, died=died)
+
+
 def _spawned_worker(local_rank: int, trainer: Any, method: str, args: tuple, kwargs: dict, port: int,
-                    result_path: str, parent_pid: int) -> None:
+                    result_path: str, parent_pid: int, error_dir: str) -> None:
+    try:
+        _spawned_run(local_rank, trainer, method, args, kwargs, port, result_path, parent_pid, error_dir)
+    except Exception as exc:  # torch sends the traceback to the caller; the record lets it name the cause
+        failures.record(local_rank, type(exc), exc, exc.__traceback__)
+        raise
+
+
+def _spawned_run(local_rank: int, trainer: Any, method: str, args: tuple, kwargs: dict, port: int,
+                 result_path: str, parent_pid: int, error_dir: str) -> None:
     n = trainer.strategy.launcher.num_processes
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(n), RANK=str(local_rank),
                       LOCAL_RANK=str(local_rank), NODE_RANK="0", LOCAL_WORLD_SIZE=str(n),
-                      EMBER_LAUNCHER_PID=str(parent_pid))
+                      EMBER_LAUNCHER_PID=str(parent_pid), **{failures.ERROR_DIR_VAR: error_dir})
     if "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
         os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
     watch_parent(parent_pid, local_rank)
+    _unshare_weights((trainer, args, kwargs))
     trainer.strategy.launcher.in_worker = True
     trainer.strategy._spawned_store_port = port
     result = getattr(trainer, method)(*args, **kwargs)
@@ -447,6 +544,38 @@ def _spawned_worker(local_rank: int, trainer: Any, method: str, args: tuple, kwa
         torch.save(_rank0_payload(trainer, result), result_path)
     trainer.strategy.barrier("spawn-end")
     trainer.strategy.destroy_process_group()
+
+
+def _unshare_weights(obj: Any) -> None:
+    """Give this worker its own copy of every module's parameters and buffers.
+
+    ``torch.multiprocessing`` passes tensors to the workers in shared memory, so on the CPU every worker
+    would otherwise step the same weights (each rank applying its averaged gradient to one copy: twice the
+    update, and a race). Found by the DDP parity suite; Lightning copies them the same way.
+    """
+    import torch
+
+    seen: set[int] = set()
+
+    def visit(item: Any) -> None:
+        if id(item) in seen:
+            return
+        seen.add(id(item))
+        if isinstance(item, torch.nn.Module):
+            with torch.no_grad():
+                for tensor in [*item.parameters(), *item.buffers()]:
+                    if tensor.is_shared():
+                        tensor.data = tensor.data.clone()
+        elif isinstance(item, (list, tuple)):
+            for x in item:
+                visit(x)
+        elif isinstance(item, dict):
+            for x in item.values():
+                visit(x)
+        elif hasattr(item, "lightning_module"):  # the Trainer
+            visit(getattr(item, "lightning_module", None))
+
+    visit(obj)
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -116,8 +116,14 @@ class Strategy:
 
     # ---- data -------------------------------------------------------------
     def distribute_loader(self, loader: Any, stage: str, use_distributed_sampler: bool, overfit: bool = False) -> Any:
-        """This rank's share of ``loader``; with one process, all of it."""
-        return loader
+        """This rank's share of ``loader``; with one process, all of it.
+
+        One process keeps the loader's sampler; only Lightning's single-process rules apply (see
+        ``ember.runtime.samplers``): predict keeps its last short batch, and ``overfit`` reads in order.
+        """
+        from .samplers import prepare_loader
+
+        return prepare_loader(loader, stage, shard=None, overfit=overfit)
 
     # ---- checkpoint IO (sharded strategies gather or scatter here) ----------
     def lightning_module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
@@ -184,6 +190,10 @@ def choose(strategy: Any, accelerator: Accelerator, num_nodes: int = 1) -> Strat
             f"Trainer(strategy={strategy!r}) is not known; allowed: {', '.join(repr(s) for s in STRATEGIES)}, "
             "or a Strategy object such as DDPStrategy(...)."
         )
+    if accelerator.name == "xla":
+        from .xla import choose_strategy
+
+        return choose_strategy(strategy, accelerator, num_nodes)
     processes = accelerator.num_devices
     many = processes * num_nodes > 1 or ClusterEnvironment.detect().world_size > 1
     if strategy in ("auto", "single_device") and not many:

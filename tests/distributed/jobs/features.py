@@ -15,7 +15,7 @@ import sys
 import warnings
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 import ember as L
 from ember.loggers import CSVLogger
@@ -50,6 +50,25 @@ class Regressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
+class InOrder(Regressor):
+    """Reads the data in order on any number of processes (the reference the correctness tests compare with).
+
+    Under DDP an injected train sampler always shuffles (Lightning's rule), so the model brings its own
+    DistributedSampler(shuffle=False), made in train_dataloader once the processes exist; ember and
+    Lightning keep a DistributedSampler as it is. Rank r then reads samples r, r+W, ...
+    """
+
+    def __init__(self, opt: str = "sgd", lr: float = 0.05, batch: int = 4) -> None:
+        super().__init__(opt, lr)
+        self.batch = batch
+
+    def train_dataloader(self) -> DataLoader:
+        ds = data()
+        sampler = DistributedSampler(ds, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
+                                     shuffle=False)
+        return DataLoader(ds, batch_size=self.batch, sampler=sampler)
+
+
 def trainer(args, **kwargs) -> L.Trainer:
     base = dict(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
                 logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -68,10 +87,10 @@ def correctness(args, results) -> None:
         opt, acc = config.split(":")[0], int(config.split(":")[1])
         if True:
             L.seed_everything(0, verbose=False)
-            model = Regressor(opt)
+            model = InOrder(opt, batch=args.batch)
             # float64, so the comparison measures the algorithm (2 x B == 1 x 2B), not float32 summation order.
             t = trainer(args, max_epochs=2, accumulate_grad_batches=acc, precision="64-true")
-            t.fit(model, DataLoader(data(), batch_size=args.batch, shuffle=False))
+            t.fit(model)
             save(args.out, f"correct_{opt}_acc{acc}", model.state_dict(), t.global_rank)
             results[f"steps_{opt}_acc{acc}"] = t.global_step
     results["identity"] = dict(global_rank=t.global_rank, local_rank=t.local_rank, node_rank=t.node_rank,
@@ -150,7 +169,7 @@ class EveryOther(Sampler):
 
 
 def sampler(args, results) -> None:
-    """DistributedSampler injection (shuffle kept, set_epoch every epoch) and a custom sampler kept with a warning."""
+    """DistributedSampler injection (shuffled, set_epoch every epoch) and a custom sampler wrapped and sharded."""
     L.seed_everything(0, verbose=False)
     model = Recorder()
     t = trainer(args, max_epochs=3)

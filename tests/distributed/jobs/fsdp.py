@@ -2,7 +2,7 @@
 
     python fsdp.py OUT
 
-Trains features.Regressor with strategy=FSDPStrategy(auto_wrap_policy={Linear}) on the correctness data
+Trains features.InOrder (the data in order, per-rank batch 4) with strategy=FSDPStrategy(auto_wrap_policy={Linear}) on the correctness data
 (per-rank batch 4, float64, SGD without and Adam with accumulation), then:
   - saves a full checkpoint (one file, plain tensors, written by rank 0) and validates through the shards;
   - with state_dict_type="sharded", saves a directory of per-rank shards mid-epoch and resumes from it.
@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 
 import ember as L
 from ember.runtime.fsdp import FSDPStrategy
-from features import Regressor, data
+from features import InOrder, Regressor, data
 
 
-class Evaluated(Regressor):
+class Evaluated(InOrder):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", torch.nn.functional.mse_loss(self(x), y), sync_dist=True)
@@ -39,7 +39,7 @@ def main() -> None:
         L.seed_everything(0, verbose=False)
         model = Evaluated(opt)
         t = trainer(FSDPStrategy(auto_wrap_policy={torch.nn.Linear}), max_epochs=2, accumulate_grad_batches=acc)
-        t.fit(model, DataLoader(data(), batch_size=4))
+        t.fit(model)  # its own DistributedSampler(shuffle=False): the data in order, as in the 1-process reference
         path = os.path.join(out, f"full_{opt}_acc{acc}.ckpt")
         t.save_checkpoint(path)
         results[f"val_{opt}_acc{acc}"] = t.validate(model, DataLoader(data(), batch_size=8), verbose=False)[0]
