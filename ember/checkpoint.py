@@ -76,17 +76,12 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 def capture_rng(generators: list[torch.Generator] = ()) -> dict[str, Any]:
-    """Every random state a training step may draw from, in a form ``torch.load(weights_only=True)`` accepts."""
-    version, internal, gauss = random.getstate()
-    # The Mersenne Twister's 625 words as one tensor: pickling them as ints costs more than the rest.
-    state: dict[str, Any] = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
-                                        "gauss": gauss},
-                             "torch": torch.get_rng_state()}
+    """Every random state a training step may draw from, as each library returns it (taken once per epoch:
+    nothing is converted here; ``storable_rng`` makes it checkpoint-ready)."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     numpy = sys.modules.get("numpy")  # never import numpy just to save its state
     if numpy is not None:
-        kind, keys, pos, has_gauss, cached = numpy.random.get_state()
-        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        state["numpy"] = numpy.random.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if generators:
@@ -94,15 +89,34 @@ def capture_rng(generators: list[torch.Generator] = ()) -> dict[str, Any]:
     return state
 
 
+def storable_rng(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``capture_rng``'s result in a form ``torch.load(weights_only=True)`` accepts."""
+    if state is None:
+        return None
+    out = dict(state)
+    if isinstance(state["python"], tuple):
+        version, internal, gauss = state["python"]
+        # The Mersenne Twister's 625 words as one tensor: pickling them as ints costs more than the rest.
+        out["python"] = {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+    if isinstance(state.get("numpy"), tuple):
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        out["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return out
+
+
 def restore_rng(state: dict[str, Any], generators: list[torch.Generator] = ()) -> None:
+    """Put back a state from ``capture_rng`` or from a checkpoint (``storable_rng``)."""
     random.setstate(_as_python_state(state["python"]))
     torch.set_rng_state(state["torch"])
-    if "numpy" in state:
+    np_state = state.get("numpy")
+    if np_state is not None:
         import numpy
 
-        np_state = state["numpy"]
-        numpy.random.set_state((np_state["kind"], np_state["keys"].numpy().astype("uint32"), np_state["pos"],
-                                np_state["has_gauss"], np_state["cached_gaussian"]))
+        if isinstance(np_state, dict):
+            np_state = (np_state["kind"], np_state["keys"].numpy().astype("uint32"), np_state["pos"],
+                        np_state["has_gauss"], np_state["cached_gaussian"])
+        numpy.random.set_state(np_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     saved = state.get("generators", [])
@@ -139,11 +153,11 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             ckpt["native_amp_scaling_state"] = scaler
         ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
         if info.get("restart_epoch") and state.epoch_start_rng is not None:
-            info["rng"] = state.epoch_start_rng
+            info["rng"] = storable_rng(state.epoch_start_rng)
         else:
-            info["rng"] = capture_rng(loader_generators(trainer.train_dataloader))
+            info["rng"] = storable_rng(capture_rng(loader_generators(trainer.train_dataloader)))
         if info["mid_epoch"]:
-            info["epoch_start_rng"] = state.epoch_start_rng
+            info["epoch_start_rng"] = storable_rng(state.epoch_start_rng)
             if state.accumulated:
                 # The gradients summed so far in an unfinished accumulation window.
                 info["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
