@@ -170,6 +170,7 @@ def test_fp16_gradients_are_unscaled_before_the_hooks_and_clipping(cpu_fp16):
     _fp16_fit(model, 6, gradient_clip_val=clip)
     assert model.scales == [INIT_SCALE] * 6  # no overflow on this data: every step was taken, at scale 2**16
     loader = list(_fp16_data(6))
+    assert len(model.weights) == len(model.hook_grads) == len(loader) == 6
     for i, (before, seen) in enumerate(zip(model.weights, model.hook_grads)):
         true = _true_grad(before, loader[i])
         # on_before_optimizer_step saw the true gradient, not 65536 times it (fp16 forward: ~1e-3 relative)
