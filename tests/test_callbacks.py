@@ -109,8 +109,11 @@ def test_rich_progress_bar_without_rich_says_how_to_install(monkeypatch):
         RichProgressBar()
 
 
-def test_rich_progress_bar_draws_each_epoch_with_its_batches_and_metrics(capsys):
+def test_rich_progress_bar_draws_each_epoch_with_its_batches_and_metrics(capsys, monkeypatch):
     from ember.callbacks import RichProgressBar
+
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)  # rich would treat the captured output as a terminal
 
     bar = RichProgressBar()
     model = Net()
