@@ -43,7 +43,7 @@ import threading
 import uuid
 import warnings
 import zipfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -290,9 +290,20 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+# A test hook, for ember's own crash-safety tests: when set, every save calls ``save_test_hook(stage, temp_path)``
+# at two moments, "written" (the temp file holds the whole checkpoint, not yet fsync'ed) and "synced" (fsync'ed,
+# not yet renamed over the target), on the thread that finishes the save. tests/test_preemption.py kills the
+# process from there, so a kill inside a save happens every time instead of by luck. None (no call) otherwise.
+save_test_hook: Callable[[str, str], None] | None = None
+
+
 def _make_durable(tmp: str, path: str, directory: str) -> None:
     try:
+        if save_test_hook is not None:
+            save_test_hook("written", tmp)
         _fsync_path(tmp)
+        if save_test_hook is not None:
+            save_test_hook("synced", tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -98,10 +98,7 @@ def test_stopping_limits(kwargs, steps, epochs):
     trainer = L.Trainer(**{**QUIET, **kwargs})
     trainer.fit(Linear(), _loader())
     assert (trainer.global_step, trainer.current_epoch) == (steps, epochs)
-    try:
-        import lightning
-    except ImportError:
-        return
+    lightning = pytest.importorskip("lightning", reason="the Lightning half of this check needs lightning installed")
     theirs = lightning.Trainer(**{**QUIET, **kwargs})
     theirs.fit(_as_lightning(), _loader())
     assert (theirs.global_step, theirs.current_epoch) == (steps, epochs)
@@ -178,3 +175,30 @@ def test_progress_bar_redraws_at_most_about_ten_times_a_second(monkeypatch):
     assert 2 <= len(draws) <= elapsed * 10 + 2  # ~10 per second, plus the first and the last batch
     gaps = [b - a for a, b in zip(draws, draws[1:-1])]
     assert all(g >= 0.099 for g in gaps)
+
+
+def test_from_datasets_passes_init_arguments_and_builds_loaders_like_lightning():
+    class DM(L.LightningDataModule):
+        def __init__(self, batch_size, tag="none"):
+            super().__init__()
+            self.batch_size, self.tag = batch_size, tag
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(torch.arange(6.0).unsqueeze(1))
+
+    rows = TensorDataset(torch.arange(10.0).unsqueeze(1))
+    dm = DM.from_datasets(train_dataset=Stream(), val_dataset={"a": rows, "b": rows}, test_dataset=(rows,),
+                          batch_size=4, num_workers=0, tag="given")
+    assert (dm.batch_size, dm.tag) == (4, "given")  # batch_size goes to __init__ because it takes one
+    train = dm.train_dataloader()
+    assert [b.flatten().tolist() for b in train] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]  # a stream is not shuffled
+    val = dm.val_dataloader()
+    assert sorted(val) == ["a", "b"] and all(type(v.sampler).__name__ == "SequentialSampler" for v in val.values())
+    test = dm.test_dataloader()
+    assert isinstance(test, tuple) and len(test) == 1 and test[0].batch_size == 4
+    with pytest.raises(NotImplementedError, match="predict_dataloader"):
+        dm.predict_dataloader()  # no predict dataset given: the base class's method stays
+    plain = L.LightningDataModule.from_datasets(train_dataset=rows, batch_size=5)
+    assert type(plain.train_dataloader().sampler).__name__ == "RandomSampler"
+    assert plain.train_dataloader().batch_size == 5

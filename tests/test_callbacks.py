@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 from datetime import timedelta
 
@@ -100,12 +99,75 @@ def test_progress_bar_shows_prog_bar_metrics_not_the_loss_by_itself():
     assert set(bar.get_metrics(trainer, trainer.lightning_module)) == {"train_loss"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rich") is not None, reason="rich is installed")
-def test_rich_progress_bar_without_rich_says_how_to_install():
+def test_rich_progress_bar_without_rich_says_how_to_install(monkeypatch):
+    import sys
+
     from ember.callbacks import RichProgressBar
 
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # as if rich were not installed
     with pytest.raises(ModuleNotFoundError, match="pip install rich"):
         RichProgressBar()
+
+
+def test_rich_progress_bar_draws_each_epoch_with_its_batches_and_metrics(capsys, monkeypatch):
+    from ember.callbacks import RichProgressBar
+
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)  # rich would treat the captured output as a terminal
+
+    bar = RichProgressBar()
+    model = Net()
+    trainer = L.Trainer(max_epochs=2, callbacks=[bar], **{**QUIET, "enable_progress_bar": True})
+    trainer.fit(model, _loader(24))  # 6 batches an epoch
+    assert trainer.progress_bar_callback is bar
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    # Not a terminal: rich prints the finished bar once, for the last epoch, with the metrics it showed.
+    assert len(lines) == 1 and lines[0].startswith("Epoch 1 ") and " 6/6 " in lines[0]
+    metrics = bar.get_metrics(trainer, model)
+    assert list(metrics) == ["train_loss"]
+    assert float(metrics["train_loss"]) == pytest.approx(trainer.progress_bar_metrics["train_loss"], rel=5e-3)  # shown to 3 digits
+    assert lines[0].endswith(f"train_loss={metrics['train_loss']}")
+
+
+def test_rich_progress_bar_disabled_draws_nothing(capsys):
+    from ember.callbacks import RichProgressBar
+
+    bar = RichProgressBar()
+    bar.disable()
+    L.Trainer(max_epochs=1, callbacks=[bar], **{**QUIET, "enable_progress_bar": True}).fit(Net(), _loader(24))
+    assert capsys.readouterr().out.strip() == ""
+
+
+def test_prediction_writer_batch_interval_on_one_process():
+    from ember.callbacks import BasePredictionWriter
+
+    class Rows(L.LightningModule):
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return batch[0].flatten() * 10
+
+    class Writer(BasePredictionWriter):
+        def __init__(self):
+            super().__init__(write_interval="batch")
+            self.rows = []
+
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+            self.rows.append((dataloader_idx, batch_idx, prediction.tolist(), batch_indices, batch[0].flatten().tolist()))
+
+    x = torch.arange(8.0).unsqueeze(1)
+    writer = Writer()  # write_on_epoch_end is not overridden: it would raise if "batch" called it
+    out = L.Trainer(callbacks=[writer], **QUIET).predict(
+        Rows(), [DataLoader(TensorDataset(x), batch_size=3), DataLoader(TensorDataset(x[:4] + 100), batch_size=2)])
+    assert writer.rows == [
+        (0, 0, [0.0, 10.0, 20.0], [0, 1, 2], [0.0, 1.0, 2.0]),
+        (0, 1, [30.0, 40.0, 50.0], [3, 4, 5], [3.0, 4.0, 5.0]),
+        (0, 2, [60.0, 70.0], [6, 7], [6.0, 7.0]),
+        (1, 0, [1000.0, 1010.0], [0, 1], [100.0, 101.0]),
+        (1, 1, [1020.0, 1030.0], [2, 3], [102.0, 103.0]),
+    ]
+    assert [[p.tolist() for p in loader] for loader in out] == [[r[2] for r in writer.rows[:3]],
+                                                                [r[2] for r in writer.rows[3:]]]
+    with pytest.raises(ValueError, match="write_interval='step'"):
+        Writer.__bases__[0](write_interval="step")
 
 
 def test_model_summary_counts_trainable_and_frozen():

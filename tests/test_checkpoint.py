@@ -212,7 +212,7 @@ def test_ckpt_path_last_without_any_checkpoint_warns_and_starts_fresh(tmp_path):
 def test_a_failed_save_leaves_the_previous_file_and_no_temp_file(tmp_path):
     path = str(tmp_path / "a.ckpt")
     save_atomic({"state_dict": {"w": torch.ones(3)}}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError, match=r"Can't pickle local object .*<lambda>"):
         save_atomic({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: None}, path)  # lambdas do not pickle
     assert os.listdir(tmp_path) == ["a.ckpt"]
     assert torch.equal(load_file(path)["state_dict"]["w"], torch.ones(3))
@@ -335,7 +335,11 @@ def test_unsafe_content_needs_weights_only_false_and_says_so(tmp_path):
     evaluator = L.Trainer(logger=False, default_root_dir=tmp_path, **QUIET)
     with pytest.raises(CheckpointError, match="weights_only=False"):
         evaluator.validate(Scored(), data()[1], ckpt_path=str(path), verbose=False)
-    evaluator.validate(Scored(), data()[1], ckpt_path=str(path), weights_only=False, verbose=False)
+    evaluated = Scored()
+    results = evaluator.validate(evaluated, data()[1], ckpt_path=str(path), weights_only=False, verbose=False)
+    assert results == [{"score": 5.0}]  # the first of the scores, logged by the one validation
+    for name, value in model.state_dict().items():  # and it ran with the checkpoint's weights
+        assert torch.equal(evaluated.state_dict()[name], value), name
 
 
 def test_load_from_checkpoint_rebuilds_from_hparams_with_overrides(saved):
@@ -343,3 +347,57 @@ def test_load_from_checkpoint_rebuilds_from_hparams_with_overrides(saved):
     assert model.hparams.hidden == 8 and model.training  # train mode, as Lightning returns it
     assert torch.equal(model.layer.weight, load_file(saved)["state_dict"]["layer.weight"])
     assert Scored.load_from_checkpoint(saved, scores=(9.0,)).hparams.scores == (9.0,)
+
+
+# ---------------------------------------------------------------------------- test / predict from a checkpoint
+class Evaluated(Scored):
+    def test_step(self, batch, batch_idx):
+        self.log("test_out", self.head(self.layer(batch[0])).mean())
+
+    def predict_step(self, batch, batch_idx):
+        return self.head(self.layer(batch[0]))
+
+
+def _outputs_of(path, loader):
+    """What the checkpoint's weights compute on ``loader``, without any Trainer."""
+    reference = Evaluated()
+    reference.load_state_dict(load_file(path)["state_dict"])
+    with torch.no_grad():
+        return [reference.head(reference.layer(batch[0])) for batch in loader]
+
+
+def _same_weights(model, path):
+    saved = load_file(path)["state_dict"]
+    return all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_test_and_predict_load_the_checkpoint_they_are_given(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="score", save_last=True, filename="{epoch}")
+    model, trainer = fit(tmp_path, [cb], model=Evaluated())  # scores 5, 3, 4, 1, 2: best is epoch 3
+    assert os.path.basename(cb.best_model_path) == "epoch=3.ckpt"
+    assert not _same_weights(model, cb.best_model_path)  # the model ended at epoch 4
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+    test_loader = data()[0]
+
+    results = trainer.test(model, test_loader, ckpt_path="best", verbose=False)
+    assert _same_weights(model, cb.best_model_path)
+    expected = torch.cat(_outputs_of(cb.best_model_path, test_loader)).view(N_BATCHES, 2).mean(1)
+    assert results == [{"test_out": pytest.approx(float(expected.mean()), rel=1e-6)}]
+
+    predictions = trainer.predict(model, test_loader, ckpt_path="last")
+    assert _same_weights(model, cb.last_model_path) and cb.last_model_path.endswith("last.ckpt")
+    reference = _outputs_of(cb.last_model_path, test_loader)
+    assert len(predictions) == len(reference) == N_BATCHES
+    assert all(torch.equal(p, r) for p, r in zip(predictions, reference))
+
+    # An explicit path, in a new Trainer, into a freshly initialised model.
+    fresh = Evaluated()
+    path = str(tmp_path / "end.ckpt")
+    assert not _same_weights(fresh, path)
+    again = L.Trainer(logger=False, default_root_dir=tmp_path / "eval", **QUIET).test(fresh, test_loader,
+                                                                                      ckpt_path=path, verbose=False)
+    assert _same_weights(fresh, path)
+    expected = torch.cat(_outputs_of(path, test_loader)).view(N_BATCHES, 2).mean(1)
+    assert again == [{"test_out": pytest.approx(float(expected.mean()), rel=1e-6)}]
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        L.Trainer(logger=False, **QUIET).predict(Evaluated(), test_loader, ckpt_path=str(tmp_path / "missing.ckpt"))

@@ -81,8 +81,25 @@ def test_dataloader_idx_in_the_name_is_an_error():
 
 
 def test_log_outside_a_trainer_is_ignored():
-    module = L.LightningModule()
-    module.log("x", 1.0)  # no trainer: nothing happens, as in Lightning
+    class Net(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Net()
+    assert module.log("early", 1.0) is None and module.log_dict({"early_dict": 2.0}) is None  # no trainer: no-op
+    trainer = L.Trainer(max_epochs=1, **QUIET)
+    trainer.fit(module, _loader())
+    # Nothing logged before the run reached it: only the metric logged inside fit is there.
+    assert set(trainer.callback_metrics) == set(trainer.logged_metrics) == {"loss"}
 
 
 def test_views_are_computed_when_read_not_per_step():

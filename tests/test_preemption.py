@@ -58,7 +58,26 @@ class Progress(Callback):
             os.kill(os.getpid(), 15)
 
 
-def train(root, every_step=True, epochs=6, final=None):
+def die_in_save(n, stage):
+    """SIGKILL this process from inside its n-th checkpoint save, at ``stage`` ("written": the temp file is
+    complete but not fsync'ed; "synced": fsync'ed but not renamed), through ember's save test hook."""
+    import signal
+    import ember.checkpoint
+
+    count = [0]
+
+    def hook(where, tmp):
+        count[0] += where == "written"
+        if count[0] == n and where == stage:
+            print(f"dying in save {n} at {stage}: {os.path.basename(tmp)}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ember.checkpoint.save_test_hook = hook
+
+
+def train(root, every_step=True, epochs=6, final=None, die_in=None):
+    if die_in is not None:
+        die_in_save(*die_in)
     L.seed_everything(3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16 * 8, 32, generator=g)
@@ -69,6 +88,7 @@ def train(root, every_step=True, epochs=6, final=None):
                         callbacks=[Progress(), ckpt], default_root_dir=root)
     model = Net()
     trainer.fit(model, loader, ckpt_path="last")
+    print("fit done", flush=True)
     if final:
         torch.save({"model": model.state_dict(), "optimizer": trainer.optimizers[0].state_dict(),
                     "step": trainer.global_step, "epoch": trainer.current_epoch}, final)
@@ -188,33 +208,40 @@ def test_training_survives_kill_9_at_random_moments(server, tmp_path):
 
     root, ckpt_dir = tmp_path / "run", tmp_path / "run" / "ckpt"
     rng = random.Random(1234)
-    kills = during_save = 0
+    kills = in_save = 0
     last_step = 0
     log = tmp_path / "run.log"
     for round_ in range(40):
         size = log.stat().st_size if log.exists() else 0
-        pid = server.start(log, root=str(root))
-        if round_ % 2 and os.path.isdir(ckpt_dir):
-            # Kill while a checkpoint is being written: as soon as a temp file shows up.
-            wait_for(lambda: any(n.endswith(TMP_SUFFIX) for n in os.listdir(ckpt_dir)), timeout=5)
-            time.sleep(rng.uniform(0, 0.002))
+        if round_ % 2:
+            # Die inside a save: the child kills itself from ember's save test hook, in its 1st to 4th save,
+            # with the temp file complete but not yet fsync'ed, or fsync'ed but not yet renamed.
+            n, stage = rng.randint(1, 4), rng.choice(["written", "synced"])
+            pid = server.start(log, root=str(root), die_in=[n, stage])
+            code = server.wait()
+            text = text_after(log, size)
+            assert code == -signal.SIGKILL and f"dying in save {n} at {stage}" in text, (code, text[-2000:])
+            names = os.listdir(ckpt_dir)
+            assert any(n.endswith(TMP_SUFFIX) and f"-{pid}-" in n for n in names), names  # its own temp file
+            in_save += 1
         else:
             # Kill after 0-8 more steps (counted in the child's output, so the pace of the machine does not
             # matter), at a random moment of the step that follows: compute, on_train_batch_end, a save...
+            pid = server.start(log, root=str(root))
             steps = rng.randint(0, 8)
-            wait_for(lambda: text_after(log, size).count("step ") >= steps, timeout=30)
+            assert wait_for(lambda: text_after(log, size).count("step ") >= steps
+                            or "fit done" in text_after(log, size), timeout=60), text_after(log, size)[-2000:]
             time.sleep(rng.uniform(0, 0.01))
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        code = server.wait()
-        if code == 0:
-            break  # it finished before the kill
-        assert code == -signal.SIGKILL
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            code = server.wait()
+            if code == 0:
+                break  # it finished before the kill
+            assert code == -signal.SIGKILL
         kills += 1
         names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
-        during_save += any(n.endswith(TMP_SUFFIX) and f"-{pid}-" in n for n in names)  # its own temp file
         ckpts = [os.path.join(ckpt_dir, n) for n in names if n.endswith(".ckpt")]
         for path in ckpts:  # never a truncated file
             load_file(path)
@@ -225,8 +252,8 @@ def test_training_survives_kill_9_at_random_moments(server, tmp_path):
             last_step = step
         if kills >= 24:
             break
-    print(f"{kills} kills, {during_save} during a save, newest checkpoint at step {last_step}")
-    assert kills >= 20 and during_save >= 3, (kills, during_save)
+    print(f"{kills} kills, {in_save} inside a save, newest checkpoint at step {last_step}")
+    assert kills == 24 and in_save == 12, (kills, in_save)
     assert 0 < last_step < reference["step"]
     # Resume (again from "last") until the end: the same weights as the run that was never interrupted.
     assert server.run(tmp_path / "run.log", root=str(root), final=str(tmp_path / "run.pt")) == 0

@@ -10,7 +10,9 @@ logger received after the resume point.
 from __future__ import annotations
 
 import os
+import time
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -96,17 +98,35 @@ class SaveAt(Callback):
             trainer.save_checkpoint(os.path.join(self.dirpath, f"epoch_end{trainer.current_epoch}.ckpt"))
 
 
-def loaders(explicit_generator: bool):
+class AugmentedRows(torch.utils.data.Dataset):
+    """Rows plus noise drawn inside __getitem__: in a worker process, from that worker's own RNG."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(self.x.shape[1]), self.y[i]
+
+
+def loaders(explicit_generator):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(BATCHES_PER_EPOCH * 4, 4, generator=g)
     y = x.sum(1, keepdim=True) + 0.1 * torch.randn(len(x), 1, generator=g)
+    if explicit_generator == "workers":
+        # 2 worker processes, each seeded from the main process's RNG when the epoch's iterator is made.
+        train = DataLoader(AugmentedRows(x, y), batch_size=4, shuffle=True, num_workers=2)
+        return train, DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
     gen = torch.Generator().manual_seed(7) if explicit_generator else None
     train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=gen)
     val = DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
     return train, val
 
 
-# name -> Trainer options, whether the DataLoader has its own generator, and where to save
+# name -> Trainer options, whether the DataLoader has its own generator ("workers": 2 worker processes that
+# augment in __getitem__, with seed_everything(workers=True)), and where to save
 CONFIGS = {
     # epoch-end validation; saves after batch 1, mid-epoch, at the last batch of an epoch and in on_train_epoch_end
     "plain": (dict(), False, dict(batches=(1, 17, 24), epoch_ends=(0, 1))),
@@ -115,6 +135,8 @@ CONFIGS = {
     # validation every 3 batches: save right after validations inside epochs, and mid-window with accumulation 2
     "fractional_val": (dict(val_check_interval=0.25, accumulate_grad_batches=2), False,
                        dict(batches=(5, 13), validations=(2, 5, 8))),
+    # mid-epoch in the first and second epoch, and at an epoch end, with augmentation drawn in the workers
+    "workers": (dict(), "workers", dict(batches=(5, 19), epoch_ends=(0,))),
 }
 POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
           for point in [f"batch{b}" for b in where.get("batches", ())]
@@ -124,7 +146,7 @@ POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
 
 def fit(config: str, root, ckpt_path=None, saver=None):
     options, explicit_generator, _ = CONFIGS[config]
-    L.seed_everything(123)
+    L.seed_everything(123, workers=explicit_generator == "workers")
     model = Net()
     recorder = Recorder()
     trainer = L.Trainer(max_epochs=EPOCHS, logger=recorder, log_every_n_steps=1, default_root_dir=root,
@@ -205,6 +227,90 @@ def test_resume_without_the_saved_rng_would_differ(straight, tmp_path):
     with pytest.warns(UserWarning, match="RNG state"):
         resumed, rtrainer, _ = fit("plain", tmp_path, ckpt_path=str(broken))
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+
+
+def test_the_workers_case_runs_two_workers_and_needs_the_saved_rng(straight, tmp_path):
+    """Guard the workers case: 2 workers, and without the saved RNG (which also seeds them) the resume differs."""
+    from ember.checkpoint import load_file
+
+    model, trainer, _, root = straight("workers")
+    assert trainer.train_dataloader.num_workers == 2
+    ckpt = load_file(os.path.join(root, "batch19.ckpt"))
+    del ckpt["ember"]["rng"], ckpt["ember"]["epoch_start_rng"]
+    torch.save(ckpt, tmp_path / "no_rng.ckpt")
+    resumed, _, _ = fit("workers", tmp_path, ckpt_path=str(tmp_path / "no_rng.ckpt"))  # it warns (once a process)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+
+
+class NumpyNoise(Net):
+    """Draws from NumPy's global RNG in every step, so a resume must put NumPy's state back too."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = x + torch.from_numpy(np.random.normal(0.0, 0.1, size=tuple(x.shape))).float()
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+
+def fit_numpy(root, ckpt_path=None, saver=None):
+    L.seed_everything(9)  # seeds NumPy too
+    model = NumpyNoise()
+    trainer = L.Trainer(max_epochs=2, logger=False, default_root_dir=root, callbacks=[saver] if saver else None,
+                        **QUIET)
+    trainer.fit(model, loaders(False)[0], ckpt_path=ckpt_path)
+    return model
+
+
+def test_resume_puts_numpys_rng_back(tmp_path):
+    from ember.checkpoint import load_file
+
+    straight = fit_numpy(tmp_path, saver=SaveAt(str(tmp_path), batches=(7,)))
+    ckpt = load_file(tmp_path / "batch7.ckpt")
+    assert "numpy" in ckpt["ember"]["rng"]
+    resumed = fit_numpy(tmp_path / "r", ckpt_path=str(tmp_path / "batch7.ckpt"))
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    # Negative control: the same checkpoint without NumPy's state resumes to other weights.
+    del ckpt["ember"]["rng"]["numpy"]
+    torch.save(ckpt, tmp_path / "no_numpy.ckpt")
+    control = fit_numpy(tmp_path / "c", ckpt_path=str(tmp_path / "no_numpy.ckpt"))
+    assert not all(torch.equal(p, q) for p, q in zip(straight.parameters(), control.parameters()))
+
+
+class Slow(Net):
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.01)
+        return super().training_step(batch, batch_idx)
+
+
+def test_timer_state_survives_a_resume(tmp_path):
+    from ember.callbacks import Timer
+    from ember.checkpoint import load_file
+
+    L.seed_everything(0)
+    timer = Timer()
+    trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=[timer], **QUIET)
+    trainer.fit(Slow(), loaders(False)[0])
+    used = timer.time_elapsed("train")
+    assert used >= BATCHES_PER_EPOCH * 0.01
+    path = tmp_path / "after_one_epoch.ckpt"
+    trainer.save_checkpoint(path)
+    saved = load_file(path)["callbacks"][timer.state_key]["time_elapsed"]["train"]
+    assert saved == pytest.approx(used, abs=1e-6)
+
+    # Resumed with a budget just under what was already used: the new Timer counts the old time, so it stops
+    # the run at once (a Timer that forgot would allow another 12 batches).
+    resumed_timer = Timer(duration={"seconds": saved * 0.9}, interval="step")
+    resumed = L.Trainer(max_epochs=3, logger=False, default_root_dir=tmp_path, callbacks=[resumed_timer], **QUIET)
+    resumed.fit(Slow(), loaders(False)[0], ckpt_path=str(path))
+    assert resumed.global_step == BATCHES_PER_EPOCH
+    assert resumed_timer.time_elapsed("train") >= saved
+    # With room left, it trains on and its clock carries on from the saved time.
+    roomy_timer = Timer(duration={"seconds": 3600}, interval="step")
+    roomy = L.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, callbacks=[roomy_timer], **QUIET)
+    roomy.fit(Slow(), loaders(False)[0], ckpt_path=str(path))
+    assert roomy.global_step == 2 * BATCHES_PER_EPOCH
+    assert roomy_timer.time_elapsed("train") >= saved + BATCHES_PER_EPOCH * 0.01
+    assert roomy_timer.time_remaining("train") == pytest.approx(3600 - roomy_timer.time_elapsed("train"), abs=1e-6)
 
 
 def test_fit_again_with_more_epochs_continues_where_it_stopped(tmp_path):

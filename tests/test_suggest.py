@@ -17,6 +17,19 @@ def _recorded(per_step, beta=0.98):
 
 
 LRS = [1e-4 * (1e4) ** (k / 99) for k in range(100)]
+# Neighbouring rates differ by 10**(4/99) = 1.097x; a window of 3 points either side is a factor of 1.32.
+WINDOW = 3
+
+
+def _index_of(rate):
+    """The index of the tested rate nearest ``rate`` on a log scale."""
+    return min(range(len(LRS)), key=lambda i: abs(math.log(LRS[i] / rate)))
+
+
+def _assert_near(found, intended_rate):
+    index, lr = found
+    assert lr == LRS[index]
+    assert abs(index - _index_of(intended_rate)) <= WINDOW, (index, lr, _index_of(intended_rate), intended_rate)
 
 
 def test_steepest_matches_lightnings_rule_on_random_curves():
@@ -37,27 +50,39 @@ def test_steepest_matches_lightnings_rule_on_random_curves():
 def test_stable_backs_off_a_tenth_from_where_the_loss_blows_up():
     # Falls until lr ~ 1e-2 (index 49), flat, then explodes from index 75 (lr ~ 1.1).
     per_step = [5.0 - 4.0 * min(k, 49) / 49 for k in range(75)] + [1.0 * 3 ** (k - 74) for k in range(75, 100)]
-    index, lr = suggest.stable(LRS, _recorded(per_step))
-    assert LRS[75] / 30 < lr < LRS[75] / 3  # about a tenth of the breakdown rate
+    # A tenth of the breakdown rate (the centred window sees the rise two points early: index 48 for 50).
+    _assert_near(suggest.stable(LRS, _recorded(per_step)), LRS[75] / 10)
 
 
 def test_stable_takes_the_floor_rate_when_the_curve_settles_without_breaking_down():
     per_step = [max(0.0, 10.0 - 0.25 * k) for k in range(100)]  # reaches 0 at index 40 and stays
-    index, lr = suggest.stable(LRS, _recorded(per_step))
-    assert 36 <= index <= 46
+    _assert_near(suggest.stable(LRS, _recorded(per_step)), LRS[40])  # the rate at which the floor was reached
 
 
 def test_stable_handles_a_curve_still_falling_at_the_end():
     per_step = [10.0 - 0.05 * k for k in range(100)]
-    index, lr = suggest.stable(LRS, _recorded(per_step))
-    assert lr <= LRS[-1] / 10 + 1e-12
+    # Nothing is known above the last rate: the smaller of LRS[-1] / 10 (0.1) and the rate at which the curve
+    # had made half its gain (10 -> 5.05 falls linearly: half-way at point 49.5, lr 0.01).
+    assert min(LRS[-1] / 10, LRS[49]) == LRS[49]
+    _assert_near(suggest.stable(LRS, _recorded(per_step)), math.sqrt(LRS[49] * LRS[50]))
 
 
 def test_stable_returns_none_for_too_few_points_and_tolerates_non_finite_tails():
     assert suggest.stable(LRS[:2], [1.0, 0.5]) is None
     per_step = [5.0 - 0.04 * k for k in range(60)] + [math.inf] * 40
-    index, lr = suggest.stable(LRS, _recorded(per_step[:60]) + [math.nan] * 40)
-    assert lr <= LRS[60] / 5  # the first non-finite point counts as a breakdown
+    found = suggest.stable(LRS, _recorded(per_step[:60]) + [math.nan] * 40)
+    _assert_near(found, LRS[60] / 10)  # the first non-finite point counts as a breakdown
+
+
+def test_stable_on_a_plateau_before_the_drop_backs_off_from_the_later_breakdown():
+    # Flat (rates too small to learn) until point 40, falls to 1 by point 60, flat, explodes from point 80.
+    # The plateau must not count as a floor or a breakdown: a tenth of the rate at point 80.
+    per_step = [5.0] * 40 + [5.0 - 4.0 * (k - 40) / 20 for k in range(40, 60)] + [1.0] * 20 + \
+        [3.0 ** (k - 79) for k in range(80, 100)]
+    _assert_near(suggest.stable(LRS, _recorded(per_step)), LRS[80] / 10)
+    rng = random.Random(0)
+    noisy = [v + rng.gauss(0, 0.1) for v in per_step]  # batch noise of 10% of the final loss
+    _assert_near(suggest.stable(LRS, _recorded(noisy)), LRS[80] / 10)
 
 
 def test_suggest_dispatches_and_rejects_unknown_methods():

@@ -7,9 +7,16 @@ it never branches on the precision itself.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, ContextManager
 
 import torch
+
+# Test switch (ember only): with EMBER_TEST_CPU_FP16_SCALER=1 in the environment, "16-mixed" on the CPU runs the
+# real fp16 path (float16 autocast and a GradScaler("cpu")) instead of falling back to bf16 like Lightning. It exists
+# so that CI, which has no GPU, runs the scaler code (unscale, skipped steps, scale updates, checkpointed state);
+# users never need it, and nothing turns it on unless that exact variable is set to "1".
+CPU_FP16_SCALER_ENV = "EMBER_TEST_CPU_FP16_SCALER"
 
 # Lightning's accepted spellings, mapped onto one canonical name each.
 ALIASES: dict[Any, str] = {
@@ -45,7 +52,8 @@ class Precision:
         self.scaler: torch.amp.GradScaler | None = None
         self._autocast_dtype: torch.dtype | None = None
         self.param_dtype: torch.dtype | None = None  # "true" precisions cast the whole model
-        if self.name == "16-mixed" and device_type == "cpu":
+        cpu_fp16 = device_type == "cpu" and os.environ.get(CPU_FP16_SCALER_ENV) == "1"
+        if self.name == "16-mixed" and device_type == "cpu" and not cpu_fp16:
             # Lightning 2.6 does not run fp16 AMP on the CPU: it warns and uses bf16-mixed, so ember does too
             # (same numbers as the Lightning program).
             import warnings
@@ -61,7 +69,7 @@ class Precision:
             )
         if self.name == "16-mixed":
             self._autocast_dtype = torch.float16
-            if device_type in ("cuda", "mps"):
+            if device_type in ("cuda", "mps") or cpu_fp16:
                 # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
                 self.scaler = torch.amp.GradScaler(device_type)
         elif self.name == "bf16-mixed":

@@ -24,11 +24,17 @@ def one_rank_job(tmp_path_factory):
 def crashed_job(tmp_path_factory):
     """failure.py: rank 1 raises at global step 8 (mid-epoch 1); a checkpoint was written after every step.
 
-    Returns (output dir, completed process, seconds from start to exit).
+    Returns (output dir, completed process, seconds from start to exit). The failing rank writes the moment
+    it raised to OUT/failed_at and this fixture the moment the job had exited to OUT/exited_at (both
+    time.monotonic()), so a test can time the failure itself, without the processes' start-up.
     """
+    import os
     import time
 
     out = str(tmp_path_factory.mktemp("crash"))
     start = time.monotonic()
     proc = J.run("failure.py", out, "raise", "1", "8", timeout=120, cwd=out)
-    return out, proc, time.monotonic() - start
+    exited = time.monotonic()
+    with open(os.path.join(out, "exited_at"), "w") as fh:
+        fh.write(repr(exited))
+    return out, proc, exited - start

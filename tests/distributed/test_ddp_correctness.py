@@ -11,7 +11,7 @@ def test_two_ranks_with_batch_b_end_with_the_weights_of_one_rank_with_batch_2b(t
     reference = J.weights(one_rank_job, name, 0)
     rank0, rank1 = J.weights(two_rank_job, name, 0), J.weights(two_rank_job, name, 1)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the two ranks hold different weights"
-    assert J.max_relative_difference(reference, rank0) <= 1e-6
+    assert J.max_relative_difference(reference, rank0) <= J.FLOAT64_REL_TOL
 
 
 def test_the_same_program_runs_on_one_and_on_two_devices(two_rank_job, one_rank_job):

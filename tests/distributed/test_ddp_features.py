@@ -2,6 +2,7 @@
 collectives, predict and lr_find. All read from one job (see conftest.two_rank_job)."""
 import csv
 import glob
+import math
 import os
 
 import _djobs as J
@@ -96,5 +97,14 @@ def test_a_prediction_writer_writes_each_ranks_share_with_its_dataset_indices(tw
 
 
 def test_lr_find_runs_on_every_rank_and_every_rank_gets_rank_zeros_suggestion(two_rank_job):
+    from ember.tuner import suggest
+
     l0, l1 = (res["lr_find"] for res in both(two_rank_job))
-    assert l0["suggestion"] is not None and l0 == l1 and l0["model_lr"] == l0["suggestion"]
+    assert l0 == l1  # rank 0's curve and suggestion, on both ranks
+    # 20 steps were asked for; the one epoch of 8 batches per rank ends the test first.
+    assert len(l0["lrs"]) == len(l0["losses"]) == 8 and all(math.isfinite(v) for v in l0["losses"])
+    assert l0["lrs"] == sorted(l0["lrs"]) and l0["lrs"][0] == 1e-8  # the exponential ramp from min_lr
+    # The suggestion is the one the default rule reads off that curve (Tuner's skip_begin=10, skip_end=1),
+    # and the model got it.
+    index, lr = suggest.suggest(l0["lrs"], l0["losses"], skip_begin=10, skip_end=1)
+    assert l0["suggestion"] == lr == l0["lrs"][index] and l0["model_lr"] == lr

@@ -39,4 +39,4 @@ def test_a_two_node_job_on_localhost_trains_like_one_process(tmp_path, one_rank_
         assert (identity["global_rank"], identity["node_rank"], identity["world_size"], identity["num_nodes"]) == \
             (rank, rank, 2, 2)
         assert J.max_relative_difference(J.weights(one_rank_job, "correct_sgd_acc1", 0),
-                                         J.weights(out, "correct_sgd_acc1", rank)) <= 1e-6
+                                         J.weights(out, "correct_sgd_acc1", rank)) <= J.FLOAT64_REL_TOL

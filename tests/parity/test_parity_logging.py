@@ -64,6 +64,7 @@ def _assert_same(a, b):
                 assert float(row_b[k]) == pytest.approx(float(row_a[k]), rel=1e-6), (k, row_a, row_b)
     assert a[2].keys() == b[2].keys()
     for key in a[2]:
+        assert len(a[2][key]) == len(b[2][key]), key  # one result dict per loader, in both
         for x, y in zip(a[2][key], b[2][key]):
             assert_same_metrics(x, y)
 

@@ -63,6 +63,9 @@ def test_predict_with_two_loaders(tmp_path):
     loaders = [DataLoader(data(8, seed=3), batch_size=4), DataLoader(data(4, seed=4), batch_size=2)]
     a, b = _same(tmp_path, stage="predict", stage_kw=dict(dataloaders=loaders))
     assert [len(p) for p in a["returned"]] == [len(p) for p in b["returned"]] == [2, 2]
+    for preds_a, preds_b in zip(a["returned"], b["returned"]):  # every batch of every loader, bitwise
+        for x, y in zip(preds_a, preds_b):
+            assert x.shape == y.shape and torch.equal(x, y)
 
 
 def _frozen_eval_program(L, tmp_path, stage):

@@ -1,9 +1,12 @@
-"""Precision parity on the CPU: every precision setting and its short aliases."""
+"""Precision parity on the CPU: every precision setting and its short aliases, and the real fp16 scaler path."""
 from __future__ import annotations
 
 import pytest
 import torch
 from parity_harness import assert_same_run, run_both, run_program
+
+import ember
+from ember.runtime.precision import CPU_FP16_SCALER_ENV
 
 
 def _plateau(m):
@@ -29,8 +32,43 @@ def test_bf16_mixed_with_plateau_scheduler(tmp_path):
     assert lrs[0] == lrs[1]
 
 
-def test_fp16_with_clipping_and_accumulation(tmp_path):
-    # The loss scaler unscales before on_before_optimizer_step and clipping, as in Lightning.
-    a, b = run_both(run_program, tmp_path=tmp_path,
-                    trainer=dict(precision="16-mixed", gradient_clip_val=0.1, accumulate_grad_batches=3))
+def _fp16_program(L, tmp_path, trainer, model=None):
+    """The same program on the real fp16 path: Lightning through its MixedPrecision plugin on the CPU, ember
+    through its test switch (env EMBER_TEST_CPU_FP16_SCALER=1); both use float16 autocast and GradScaler("cpu")."""
+    scales = []
+
+    def capture(L):
+        class Scale(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                scaler = trainer.precision.scaler if L is ember else trainer.precision_plugin.scaler
+                scales.append(scaler.get_scale())
+
+        return [Scale()]
+
+    if L is ember:
+        fp16 = dict(precision="16-mixed")
+    else:
+        from lightning.pytorch.plugins import MixedPrecision
+
+        fp16 = dict(plugins=[MixedPrecision("16-mixed", "cpu")])
+    out = run_program(L, tmp_path, model=model, trainer={**trainer, **fp16}, callbacks=capture)
+    out["scales"] = scales
+    return out
+
+
+def test_fp16_with_clipping_and_accumulation(tmp_path, monkeypatch):
+    # The loss scaler unscales before on_before_optimizer_step and clipping, as in Lightning; steps whose
+    # gradients overflow are skipped and the scale backs off, the same steps in both.
+    monkeypatch.setenv(CPU_FP16_SCALER_ENV, "1")
+    a, b = run_both(_fp16_program, tmp_path=tmp_path,
+                    trainer=dict(gradient_clip_val=0.1, accumulate_grad_batches=3, max_epochs=3))
     assert_same_run(a, b)
+    assert a["scales"] == b["scales"] and len(b["scales"]) == 12
+    assert min(b["scales"]) < 2.0 ** 16  # the real scaler ran, and backed off on overflowing steps
+
+
+def test_fp16_without_clipping_skips_the_same_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv(CPU_FP16_SCALER_ENV, "1")
+    a, b = run_both(_fp16_program, tmp_path=tmp_path, trainer=dict(max_epochs=4), model=dict(lr=0.05))
+    assert_same_run(a, b)
+    assert a["scales"] == b["scales"] and len(set(b["scales"])) > 1

@@ -27,6 +27,9 @@ class Model(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.global_rank == self.fail_rank and self.trainer.global_step == self.fail_step:
+            if self.out:  # the moment of the failure, for the tests' time bound (CLOCK_MONOTONIC is system-wide)
+                with open(os.path.join(self.out, "failed_at"), "w") as fh:
+                    fh.write(repr(time.monotonic()))
             raise ValueError(f"rank {self.fail_rank} fails on purpose at step {self.fail_step}")
         if self.slow:
             if batch_idx == 0 and self.current_epoch == 0:

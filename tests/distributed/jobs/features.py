@@ -232,7 +232,8 @@ def lr_find(args, results) -> None:
     t = trainer(args, max_epochs=1)
     result = Tuner(t).lr_find(model, DataLoader(data(), batch_size=4, shuffle=True), num_training=20,
                              early_stop_threshold=None)
-    results["lr_find"] = dict(suggestion=result.suggestion(), model_lr=model.lr, n=len(result.results["lr"]))
+    results["lr_find"] = dict(suggestion=result.suggestion(), model_lr=model.lr, lrs=list(result.results["lr"]),
+                              losses=[float(v) for v in result.results["loss"]])
 
 
 SCENARIOS = {"correctness": correctness, "io": io, "sampler": sampler, "collectives": collectives, "lr_find": lr_find}

@@ -6,6 +6,7 @@ Trains features.InOrder (the data in order, per-rank batch 4) with strategy=FSDP
 (per-rank batch 4, float64, SGD without and Adam with accumulation), then:
   - saves a full checkpoint (one file, plain tensors, written by rank 0) and validates through the shards;
   - with state_dict_type="sharded", saves a directory of per-rank shards mid-epoch and resumes from it.
+  - trains once more with precision="bf16-mixed" (float32 weights, bf16 autocast) and saves a full checkpoint.
 Each rank writes OUT/rank{r}.json; rank 0 writes the weights it gathered.
 """
 import json
@@ -26,8 +27,18 @@ class Evaluated(InOrder):
         self.log("val_loss", torch.nn.functional.mse_loss(self(x), y), sync_dist=True)
 
 
-def trainer(strategy, **kwargs):
-    return L.Trainer(accelerator="cpu", devices=2, strategy=strategy, precision="64-true", logger=False,
+class DtypeProbe(Evaluated):
+    """Records the dtype the training step computes in and the dtype of the (sharded) parameters."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        self.seen = (str(out.dtype), sorted({str(p.dtype) for p in self.parameters()}))
+        return torch.nn.functional.mse_loss(out.float(), y)
+
+
+def trainer(strategy, precision="64-true", **kwargs):
+    return L.Trainer(accelerator="cpu", devices=2, strategy=strategy, precision=precision, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs)
 
 
@@ -44,6 +55,15 @@ def main() -> None:
         t.save_checkpoint(path)
         results[f"val_{opt}_acc{acc}"] = t.validate(model, DataLoader(data(), batch_size=8), verbose=False)[0]
         results[f"sharded_params_{opt}"] = sorted(type(p).__name__ for p in model.parameters())[0]
+    # bf16-mixed: the steps autocast to bfloat16, the sharded master weights stay float32.
+    L.seed_everything(0, verbose=False)
+    model = DtypeProbe("sgd")
+    t = trainer(FSDPStrategy(auto_wrap_policy={torch.nn.Linear}), precision="bf16-mixed", max_epochs=2)
+    t.fit(model, DataLoader(data(), batch_size=4))
+    t.save_checkpoint(os.path.join(out, "full_bf16.ckpt"))
+    results["bf16_seen"] = model.seen
+    results["bf16_sharded_params"] = sorted({type(p).__name__ for p in model.parameters()})
+    results["bf16_val"] = t.validate(model, DataLoader(data(), batch_size=8), verbose=False)[0]
     # Sharded: a straight run saves every rank's shards at step 10 (mid-epoch); a new run resumes from them.
     rank = t.global_rank
     sharded = os.path.join(out, "sharded_step10")
