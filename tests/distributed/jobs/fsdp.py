@@ -59,7 +59,7 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     model = DtypeProbe("sgd")
     t = trainer(FSDPStrategy(auto_wrap_policy={torch.nn.Linear}), precision="bf16-mixed", max_epochs=2)
-    t.fit(model, DataLoader(data(), batch_size=4))
+    t.fit(model)  # InOrder's own DistributedSampler(shuffle=False), like the 1-process reference's order
     t.save_checkpoint(os.path.join(out, "full_bf16.ckpt"))
     results["bf16_seen"] = model.seen
     results["bf16_sharded_params"] = sorted({type(p).__name__ for p in model.parameters()})
