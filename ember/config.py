@@ -173,7 +173,8 @@ class TrainerConfig:
             val_check_interval=1.0 if val_check_interval is None else val_check_interval,
             num_sanity_val_steps=2 if num_sanity_val_steps is None else num_sanity_val_steps,
             log_every_n_steps=50 if log_every_n_steps is None else log_every_n_steps,
-            enable_checkpointing=enable_checkpointing is not False, enable_progress_bar=enable_progress_bar is not False,
+            enable_checkpointing=enable_checkpointing is not False,
+            enable_progress_bar=enable_progress_bar is not False,
             enable_model_summary=enable_model_summary is not False, use_logger=use_logger,
             gradient_clip_algorithm=gradient_clip_algorithm, default_root_dir=root, **settings)
 

@@ -54,8 +54,9 @@ ORDER: dict[str, tuple[str, ...]] = {
     "train_batch": ("on_train_batch_start", "optimization?", "on_train_batch_end?", "validation?"),
     "optimization": ("on_before_zero_grad?", "on_before_backward?", "on_after_backward?",
                      "on_before_optimizer_step?"),
-    **{f"{stage}{run}": (f"on_{stage}_start", f"on_{stage}_epoch_start", f"{stage}_batch*", f"on_{stage}_epoch_end",
-                         f"on_{stage}_end") for stage, run in (("validation", ""), ("test", "_run"), ("predict", "_run"))},
+    **{f"{stage}{suffix}": (f"on_{stage}_start", f"on_{stage}_epoch_start", f"{stage}_batch*",
+                            f"on_{stage}_epoch_end", f"on_{stage}_end")
+       for stage, suffix in (("validation", ""), ("test", "_run"), ("predict", "_run"))},
     **{f"{stage}_batch": (f"on_{stage}_batch_start", f"on_{stage}_batch_end") for stage in ("validation", "test",
                                                                                           "predict")},
 }
@@ -95,12 +96,15 @@ class HookDispatcher:
         from .module import LightningModule
 
         self._table: dict[str, tuple[Callable[..., Any], ...]] = {}
+        self._owners: dict[str, list[Any]] = {}  # who each listener belongs to (the module or a callback)
         for event, listeners in LISTENERS.items():
             found: list[Callable[..., Any]] = []
+            owners = self._owners[event] = []
             for who in listeners:
                 if who == "module":
                     if is_overridden(module, event, LightningModule):
                         found.append(getattr(module, event))
+                        owners.append(module)
                     continue
                 for cb in callbacks:
                     if who != "callbacks" and _is_monitor(cb) != (who == "monitor_callbacks"):
@@ -109,11 +113,22 @@ class HookDispatcher:
                     # (a ModelCheckpoint that saves once per epoch skips the per-step hook).
                     if is_overridden(cb, event, Callback) and event not in getattr(cb, "idle_events", ()):
                         found.append(partial(getattr(cb, event), trainer, module))
+                        owners.append(cb)
             self._table[event] = tuple(found)
 
     def listeners(self, event: str) -> tuple[Callable[..., Any], ...]:
         """The bound callables for ``event``; the hot loop fetches these once per epoch."""
         return self._table[event]
+
+    def reads_outputs(self, event: str) -> bool:
+        """Whether a listener of ``event`` may read its ``outputs``.
+
+        Only ember's own callbacks can say they never do (``ignores_batch_outputs``); a subclass that
+        overrides the hook is taken to read them.
+        """
+        return any(not (getattr(owner, "ignores_batch_outputs", False)
+                        and getattr(type(owner), event).__module__.startswith("ember."))
+                   for owner in self._owners[event])
 
     def call(self, event: str, *args: Any, **kwargs: Any) -> Any:
         """Fire ``event``; returns the last non-None result (``on_train_batch_start`` may return -1)."""

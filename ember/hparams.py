@@ -84,7 +84,8 @@ def collect_init_args(frame: Any, cls: type) -> dict[str, Any]:
             if name != "self" and not name.startswith("__") and name in local:
                 collected[name] = local[name]
         if code.co_flags & inspect.CO_VARKEYWORDS:
-            kw_name = code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)]
+            n_named = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)
+            kw_name = code.co_varnames[n_named]
             collected.update(local.get(kw_name, {}))
             collected.pop(kw_name, None)
     return collected

@@ -12,6 +12,7 @@ functions under "rules", next to the code that follows them.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, Callable
 
@@ -174,8 +175,9 @@ def train_epoch(run: Run) -> None:
             break
     else:
         if state.batches_seen_in_epoch == 0 and data.train_limit != 0:
-            raise ValueError("The training dataloader produced no batches. Check that the dataset is not empty and "
-                             "that drop_last=True with batch_size larger than the dataset is not discarding everything.")
+            raise ValueError("The training dataloader produced no batches. Check that the dataset is not empty "
+                             "and that drop_last=True with batch_size larger than the dataset is not discarding "
+                             "everything.")
         if data.num_training_batches == math.inf and state.batches_seen_in_epoch:
             # A loader without len: its end is only known now (Lightning looks one batch ahead, so there the
             # schedulers and the validation below happen inside the last batch).
@@ -198,9 +200,8 @@ def train_epoch(run: Run) -> None:
 def open_epoch(run: Run, plan: EpochPlan) -> Any:
     """``(batch_idx, batch)`` for this epoch, positioned where a resumed run left off.
 
-    On a mid-epoch resume ``checkpoint.open_train_batches`` skips the batches already trained on and
-    puts back the RNG of the save; the rest of the saved batch then runs here, and when that ends the
-    epoch (a stop condition) no batch is left.
+    On a mid-epoch resume ``checkpoint.open_train_batches`` skips what was trained and puts back the RNG
+    of the save; the rest of the saved batch runs here (if that ends the epoch, no batch is left).
     """
     from .checkpoint import open_train_batches
 
@@ -224,33 +225,33 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
 
     A straight run goes through every phase. A mid-epoch resume starts at the phase its checkpoint
     recorded (``state.BatchPhase``); a loader without len, whose end is only known once it ran out,
-    runs the validation phases after its last batch.
+    runs the validation phases after its last batch. (Each phase tests the per-epoch plan first: the
+    common batch, with nothing due, costs a few attribute reads.)
     """
-    state, metrics = run.state, run.metrics
-    if start <= _HOOKS:
+    state = run.state
+    if start == _HOOKS:
         state.batches_seen_in_epoch = batch_idx + 1
         state.total_batches_run += 1
-        if state.accumulated == 0:  # the optimizer stepped (always, in manual optimization)
+        if not state.accumulated:  # the optimizer stepped (always, in manual optimization)
             state.batches_that_stepped += 1
         for fn in plan.on_batch_end:
             fn(outputs, batch, batch_idx)
     # Step metrics reach loggers every log_every_n_steps; callbacks and the bar read them on demand.
-    if start <= _PUBLISH <= last and plan.log_every and metrics.stepped and (
+    if plan.log_every and start <= _PUBLISH and run.metrics.stepped and (
             state.batches_that_stepped % plan.log_every == 0 or state.should_stop):
         publish_step_metrics(run)
     # Validation (at val_check_interval, at the end of the epoch, or because of a stop) comes after
     # on_train_batch_end, as part of the batch, as in Lightning.
-    validated = start <= _VALIDATION <= last and plan.validate and validate_now(run, batch_idx)
-    if validated:
-        if state.accumulated == 0:
+    if plan.validate and start <= _VALIDATION <= last and validate_now(run, batch_idx):
+        if not state.accumulated:
             run.module.on_validation_model_zero_grad()  # unless an accumulation window is open
         run_evaluation(run, "validate", None)
-    if start <= _AFTER_VALIDATION <= last:
-        if validated or start == _AFTER_VALIDATION:
-            metrics.enter("train", "batch")
-        if plan.plateau_step and state.accumulated == 0:
-            step_schedulers(run, "step", plateau=True)
-    if last < _STOP_CHECK:
+        run.metrics.enter("train", "batch")
+    elif start == _AFTER_VALIDATION:
+        run.metrics.enter("train", "batch")
+    if plan.plateau_step and start <= _AFTER_VALIDATION <= last and not state.accumulated:
+        step_schedulers(run, "step", plateau=True)
+    if last != _STOP_CHECK:
         return False
     if plan.vote_on_stop:  # distributed only: every rank stops after the same batch
         agreed = run.strategy.vote_on_stop(state.preempt_signal)
@@ -291,10 +292,8 @@ LoaderRequest = Callable[[], "tuple[list[Any], list[int | None]]"]
 def run_evaluation(run: Run, stage: str, request: LoaderRequest | None) -> list[dict[str, float]]:
     """One validation or test run over every loader; returns one metric dict per loader.
 
-    ``request=None`` is validation inside fit: the val loaders, requested (or reloaded) here, under
-    ``torch.no_grad`` as Lightning does; ``validate``/``test`` pass ``request`` (which returns the loaders
-    and their limits) and run under ``inference_mode`` when the Trainer asks for it. Either way the loaders
-    are requested inside that context, as in Lightning.
+    ``request=None``: validation inside fit, under ``no_grad``; ``validate``/``test`` pass ``request`` (it
+    returns the loaders and limits) and run under ``inference_mode``. Loaders are requested inside (Lightning).
     """
     in_fit = request is None
     context = torch.inference_mode if run.config.inference_mode and not in_fit else torch.no_grad
@@ -372,10 +371,7 @@ def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]
 
 def _batches(loader: Any, limit: int | None) -> Any:
     """``(batch_idx, batch)`` pairs, at most ``limit`` of them."""
-    import itertools
-
-    pairs = enumerate(loader)
-    return itertools.islice(pairs, limit) if limit is not None else pairs
+    return itertools.islice(enumerate(loader), limit) if limit is not None else enumerate(loader)
 
 
 def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:

@@ -14,6 +14,12 @@ from torch import nn
 from .hparams import HyperparametersMixin
 
 
+def _from_trainer(name: str, default: Any) -> property:
+    """``module.<name>`` is the Trainer's; without one, ``default`` (called when it is a factory like list)."""
+    return property(lambda self: getattr(self._trainer, name) if self._trainer is not None
+                    else default() if callable(default) else default)
+
+
 class LightningModule(HyperparametersMixin, nn.Module):
     """Weights in ``__init__``, ``forward``, ``training_step``, ``configure_optimizers``."""
 
@@ -58,29 +64,13 @@ class LightningModule(HyperparametersMixin, nn.Module):
                 break
         return out
 
-    @property
-    def current_epoch(self) -> int:
-        return self._trainer.current_epoch if self._trainer is not None else 0
-
-    @property
-    def global_step(self) -> int:
-        return self._trainer.global_step if self._trainer is not None else 0
-
-    @property
-    def global_rank(self) -> int:
-        return self._trainer.global_rank if self._trainer is not None else 0
-
-    @property
-    def local_rank(self) -> int:
-        return self._trainer.local_rank if self._trainer is not None else 0
-
-    @property
-    def logger(self) -> Any:
-        return self._trainer.logger if self._trainer is not None else None
-
-    @property
-    def loggers(self) -> list[Any]:
-        return self._trainer.loggers if self._trainer is not None else []
+    # What the attached Trainer says, with the value Lightning gives a module that has none.
+    current_epoch = _from_trainer("current_epoch", 0)
+    global_step = _from_trainer("global_step", 0)
+    global_rank = _from_trainer("global_rank", 0)
+    local_rank = _from_trainer("local_rank", 0)
+    logger = _from_trainer("logger", None)
+    loggers = _from_trainer("loggers", list)
 
     @property
     def automatic_optimization(self) -> bool:
@@ -108,29 +98,17 @@ class LightningModule(HyperparametersMixin, nn.Module):
         return self._trainer.strategy.all_gather(data, group=group, sync_grads=sync_grads)
 
     # ---- logging ----------------------------------------------------------
-    def log(
-        self,
-        name: str,
-        value: Any,
-        prog_bar: bool = False,
-        logger: bool | None = None,
-        on_step: bool | None = None,
-        on_epoch: bool | None = None,
-        reduce_fx: Any = "mean",
-        enable_graph: bool = False,
-        sync_dist: bool = False,
-        sync_dist_group: Any = None,
-        add_dataloader_idx: bool = True,
-        batch_size: int | None = None,
-        metric_attribute: str | None = None,
-        rank_zero_only: bool = False,
-    ) -> None:
+    def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
+            on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",
+            enable_graph: bool = False, sync_dist: bool = False, sync_dist_group: Any = None,
+            add_dataloader_idx: bool = True, batch_size: int | None = None, metric_attribute: str | None = None,
+            rank_zero_only: bool = False) -> None:
         """Record a metric; the Trainer decides when it reaches the logger and the progress bar."""
         if self._trainer is None:
             return  # Lightning ignores log() outside a Trainer run as well
         # Positional: this runs once per metric per step, keyword passing would cost more than the rest.
-        self._trainer.metric_store.log(self, name, value, prog_bar, True if logger is None else logger, on_step, on_epoch,
-                                   reduce_fx, enable_graph, sync_dist, add_dataloader_idx, batch_size)
+        self._trainer.metric_store.log(self, name, value, prog_bar, True if logger is None else logger, on_step,
+                                       on_epoch, reduce_fx, enable_graph, sync_dist, add_dataloader_idx, batch_size)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():

@@ -148,8 +148,8 @@ class FitState:
     def saved_phase(info: dict[str, Any]) -> BatchPhase:
         return _PHASE_OF_NAME[info.get("left_of_batch", "batch_end")]
 
-    # ---- what ddp_spawn's workers send back to the calling process ----
     def counters(self) -> dict[str, Any]:
+        """What ddp_spawn's workers send back to the calling process."""
         return {name: getattr(self, name) for name in (*self.COUNTERS, "should_stop", "interrupted")}
 
     def set_counters(self, values: dict[str, Any]) -> None:

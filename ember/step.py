@@ -11,11 +11,14 @@ window). ``EpochPlan`` resolves once per epoch what the per-batch code needs.
 from __future__ import annotations
 
 import math
+from math import isfinite
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .hooks import is_overridden
+from .optim import step_schedulers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,6 +67,9 @@ class EpochPlan:
         self.wrapped_optimizer = run.lightning_optimizers[0] if self.closure else None
         self.optimizer_step = precision.optimizer_step
         self.step_optimizer = precision.step_fn(self.optimizer) if self.optimizer is not None else None
+        self.zero_grad = self.optimizer.zero_grad if self.optimizer is not None else None
+        # Anything to do between the backward and the optimizer step (the per-step code skips it otherwise).
+        self.before_step = self.unscale is not None or bool(self.before_optimizer_step) or self.clip
         # Schedulers step only under automatic optimization (manual: the user calls .step()), as in Lightning.
         configs = run.schedulers if module.automatic_optimization else []
         self.step_schedulers = any(c.interval == "step" and not c.reduce_on_plateau for c in configs)
@@ -71,7 +77,7 @@ class EpochPlan:
         self.plateau_step = any(c.interval == "step" and c.reduce_on_plateau for c in configs)
         self.check_finite = config.check_finite_loss
         # Detaching the loss and building the outputs dict costs ~0.5 us; skip it when no hook reads it.
-        self.wants_outputs = bool(hooks.listeners("on_train_batch_end"))
+        self.wants_outputs = hooks.reads_outputs("on_train_batch_end")
         # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
         self.training_step = strategy.step_method(module, "training_step")
         self.run_step = automatic_step if module.automatic_optimization else manual_step
@@ -81,37 +87,25 @@ def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any
     """Returns what on_train_batch_end receives (None when no hook listens)."""
     state = run.state
     window_pos = state.accumulated
-    steps_now = window_pos + 1 >= plan.accumulate or state.is_last_batch
-    if not steps_now:
-        # DDP decides in the forward whether the backward all-reduces: the whole step runs without sync.
+    if window_pos + 1 < plan.accumulate and not state.is_last_batch:
+        # Inside an accumulation window: no optimizer step. DDP decides in the forward whether the backward
+        # all-reduces, so the whole step runs without sync.
         with run.strategy.no_backward_sync(True):
-            out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, steps_now)
+            out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, False)
         state.accumulated = window_pos + 1
-    elif plan.closure:
-        result: list[Any] = [None, None]
-
-        def closure() -> Any:
-            result[0], result[1] = _forward_backward(run, batch, batch_idx, plan, window_pos, steps_now)
-            return result[1]
-
-        if plan.user_optimizer_step:
-            run.module.optimizer_step(state.current_epoch, batch_idx, plan.wrapped_optimizer, closure)
-        else:
-            plan.optimizer_step(plan.optimizer, closure)
-        out, loss = result
     else:
-        # Same arithmetic as optimizer.step(closure), without building a closure per step.
-        out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, steps_now)
-        if loss is not None:
-            plan.step_optimizer()
+        if not plan.closure:
+            # Same arithmetic as optimizer.step(closure), without building a closure per step.
+            out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, True)
+            if loss is not None:
+                plan.step_optimizer()
+            else:
+                plan.optimizer_step(plan.optimizer, None, skipped=True)  # fp16 leaves it alone (Lightning)
         else:
-            plan.optimizer_step(plan.optimizer, None, skipped=True)  # fp16 leaves the optimizer alone (Lightning)
-    if steps_now:
+            out, loss = _step_with_closure(run, batch, batch_idx, plan, window_pos)
         state.accumulated = 0
         state.optimizer_stepped()
         if plan.step_schedulers:
-            from .optim import step_schedulers
-
             step_schedulers(run, "step")
     if loss is None:
         return {}  # what Lightning hands to on_train_batch_end for a skipped step
@@ -119,6 +113,21 @@ def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any
         return None
     detached = loss.detach()
     return {**out, "loss": detached} if type(out) is dict else {"loss": detached}
+
+
+def _step_with_closure(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, window_pos: int) -> tuple[Any, Any]:
+    """A user optimizer_step (e.g. lr warm-up) or an optimizer that re-evaluates the loss (LBFGS) gets a closure."""
+    result: list[Any] = [None, None]
+
+    def closure() -> Any:
+        result[0], result[1] = _forward_backward(run, batch, batch_idx, plan, window_pos, True)
+        return result[1]
+
+    if plan.user_optimizer_step:
+        run.module.optimizer_step(run.state.current_epoch, batch_idx, plan.wrapped_optimizer, closure)
+    else:
+        plan.optimizer_step(plan.optimizer, closure)
+    return result[0], result[1]
 
 
 def _forward_backward(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, window_pos: int, steps_now: bool
@@ -130,17 +139,22 @@ def _forward_backward(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, win
     else:
         out = plan.training_step(batch, batch_idx)
     # The common case (a scalar loss that requires grad) without a call.
-    loss = out if type(out) is torch.Tensor and out.requires_grad and out.ndim == 0 else loss_of(out, run.state)
+    loss = out if type(out) is Tensor and out.requires_grad and out.ndim == 0 else loss_of(out, run.state)
     if loss is not None:
-        if plan.check_finite and not math.isfinite(loss.item()):
+        if plan.check_finite and not isfinite(loss.item()):
             # Checked before backward and the optimizer step, so the weights stay those of the last good step.
             _raise_non_finite(loss, run.state)
         if plan.accumulate > 1:
             loss = loss / plan.accumulate
-    # Lightning still runs zero_grad (with its hooks) for a skipped step (loss None), so the optimizer step
-    # that follows is a no-op, and still calls the pre-step hooks and clipping.
     if window_pos == 0:
-        _zero_grad(run, batch_idx, plan)
+        # zero_grad on the first batch of a window, for a skipped step (loss None) too, as Lightning does:
+        # the optimizer step that follows is then a no-op.
+        for fn in plan.before_zero_grad:
+            fn(plan.optimizer)
+        if plan.custom_zero_grad:
+            run.module.optimizer_zero_grad(run.state.current_epoch, batch_idx, plan.optimizer)
+        else:
+            plan.zero_grad()
     if loss is not None:
         for fn in plan.before_backward:
             fn(loss)
@@ -151,7 +165,7 @@ def _forward_backward(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, win
             plan.backward(loss)
         for fn in plan.after_backward:
             fn()
-    if steps_now:
+    if steps_now and plan.before_step:
         if plan.unscale is not None and loss is not None:
             plan.unscale(plan.optimizer)  # fp16: hooks and clipping see the true gradients (Lightning)
         for fn in plan.before_optimizer_step:
@@ -159,17 +173,6 @@ def _forward_backward(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, win
         if plan.clip:
             run.module.configure_gradient_clipping(plan.optimizer, plan.clip_val, plan.clip_algorithm)
     return out, loss
-
-
-def _zero_grad(run: Any, batch_idx: int, plan: EpochPlan) -> None:
-    """on_before_zero_grad, then the module's optimizer_zero_grad (or the optimizer's own)."""
-    optimizer = plan.optimizer
-    for fn in plan.before_zero_grad:
-        fn(optimizer)
-    if plan.custom_zero_grad:
-        run.module.optimizer_zero_grad(run.state.current_epoch, batch_idx, optimizer)
-    else:
-        optimizer.zero_grad()
 
 
 def manual_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:

@@ -99,3 +99,24 @@ def test_the_order_pattern_rejects_a_run_out_of_order():
     swapped[i - 1], swapped[i] = swapped[i], swapped[i - 1]
     assert not order_pattern("fit").fullmatch("".join(f"{c};" for c in swapped))
     assert not order_pattern("fit").fullmatch("".join(f"{c};" for c in calls[:-1]))
+
+
+def test_outputs_are_built_only_when_a_listener_may_read_them():
+    """ember's progress bar never reads on_train_batch_end's outputs; a subclass that overrides the hook may."""
+    from ember.callbacks import TQDMProgressBar
+    from ember.hooks import HookDispatcher
+
+    seen = []
+
+    class Reading(TQDMProgressBar):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(outputs)
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    model = _Model()
+    assert not HookDispatcher(None, model, [TQDMProgressBar()]).reads_outputs("on_train_batch_end")
+    assert HookDispatcher(None, model, [Reading()]).reads_outputs("on_train_batch_end")
+    trainer = L.Trainer(max_epochs=1, callbacks=[Reading()], logger=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    trainer.fit(model, sum_loader(4, 2))
+    assert len(seen) == 2 and all(set(o) == {"loss"} and not o["loss"].requires_grad for o in seen)

@@ -10,6 +10,9 @@ class Callback:
     # Callbacks that read logged metrics at the end of an epoch (checkpointing,
     # early stopping) set this so they run after the module's own hook there.
     monitors_metrics = False
+    # Callbacks whose on_*_batch_end never look at ``outputs`` (progress bars) set this, so the loop can skip
+    # building them when nothing else listens.
+    ignores_batch_outputs = False
 
     @property
     def state_key(self) -> str:

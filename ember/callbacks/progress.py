@@ -11,6 +11,8 @@ from .callback import Callback
 class ProgressBar(Callback):
     """Base for progress bars (the Trainer adds a TQDMProgressBar unless one of these is given)."""
 
+    ignores_batch_outputs = True  # its batch-end hooks only count batches (a subclass's override may read them)
+
 
     def __init__(self) -> None:
         self._enabled = True
