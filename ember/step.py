@@ -81,6 +81,7 @@ class EpochPlan:
         # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
         self.training_step = strategy.step_method(module, "training_step")
         self.run_step = automatic_step if module.automatic_optimization else manual_step
+        self.last_loss: Tensor | None = None
 
 
 def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:
@@ -107,6 +108,10 @@ def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any
         state.optimizer_stepped()
         if plan.step_schedulers:
             step_schedulers(run, "step")
+    # Holding the loss until the next step keeps its (already backpropagated) graph, so autograd reuses the
+    # parameters' gradient-accumulator nodes instead of building them again (a hand loop's `loss` local does
+    # the same): ~9k instructions less per step of a tiny model.
+    plan.last_loss = loss
     if loss is None:
         return {}  # what Lightning hands to on_train_batch_end for a skipped step
     if not plan.wants_outputs:
