@@ -21,28 +21,29 @@ def trainer_callbacks(callbacks: Any, config: Any) -> list[Callback]:
         # a Timer the user passed takes precedence.
         if not any(isinstance(cb, Timer) for cb in out):
             out.append(Timer(duration=timedelta(seconds=config.max_time), interval="step"))
-    has_bar = any(is_progress_bar(cb) for cb in out)
-    if config.enable_progress_bar and not has_bar:
-        from .progress import TQDMProgressBar
-
-        out.append(TQDMProgressBar())
-    elif not config.enable_progress_bar and has_bar:
-        raise ValueError("Trainer(enable_progress_bar=False) was given together with a progress bar callback; "
-                         "drop one of them.")
+    _add_default(out, config.enable_progress_bar, is_progress_bar, "enable_progress_bar", "a progress bar callback",
+                 lambda: _make("progress", "TQDMProgressBar"))
     if config.enable_model_summary and not any(type(cb).__name__ == "ModelSummary" for cb in out):
-        from .model_summary import ModelSummary
-
-        out.append(ModelSummary())
+        out.append(_make("model_summary", "ModelSummary"))
     # Any checkpoint callback (ModelCheckpoint subclasses included) replaces the default one, as in Lightning.
-    has_checkpoint = any(is_checkpoint(cb) for cb in out)
-    if config.enable_checkpointing and not has_checkpoint:
-        from .checkpoint import ModelCheckpoint
-
-        out.append(ModelCheckpoint())
-    elif not config.enable_checkpointing and has_checkpoint:
-        raise ValueError("Trainer(enable_checkpointing=False) was given together with a ModelCheckpoint callback; "
-                         "drop one of them.")
+    _add_default(out, config.enable_checkpointing, is_checkpoint, "enable_checkpointing", "a ModelCheckpoint callback",
+                 lambda: _make("checkpoint", "ModelCheckpoint"))
     return checkpoints_last(out)
+
+
+def _add_default(out: list[Callback], enabled: bool, given: Any, flag: str, what: str, make: Any) -> None:
+    """The default callback of a Trainer flag, unless one was given; a flag set to False with one given is an error."""
+    present = any(given(cb) for cb in out)
+    if enabled and not present:
+        out.append(make())
+    elif not enabled and present:
+        raise ValueError(f"Trainer({flag}=False) was given together with {what}; drop one of them.")
+
+
+def _make(module: str, name: str) -> Callback:
+    import importlib
+
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)()
 
 
 def is_checkpoint(cb: Any) -> bool:

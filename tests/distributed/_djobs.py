@@ -63,3 +63,23 @@ def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
 
 def check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"job failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def netns_prefix(loopback_up: bool = True) -> tuple[str, ...]:
+    """A command prefix that runs inside a private network namespace, when this machine allows one.
+
+    torchrun's agent store listens on every interface, so its tests keep it in a namespace of their own;
+    ``loopback_up`` brings up its ``lo`` first (a job that does it itself passes False). ``()`` otherwise.
+    """
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare and shutil.which("ip"):
+        try:
+            if subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10).returncode == 0:
+                return (unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh") if loopback_up \
+                    else (unshare, "-n")
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return ()
+

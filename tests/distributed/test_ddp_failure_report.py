@@ -6,7 +6,6 @@ The job (jobs/failure_report.py) is the issue's: a label only one rank sees make
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -80,20 +79,11 @@ def test_the_last_line_is_the_failing_ranks_own_error_under_ddp_spawn(tmp_path):
     assert proc.stderr.count(ERROR) == 2  # the traceback's last line, then the summary
 
 
-def _netns() -> tuple[str, ...]:
-    unshare = shutil.which("unshare")
-    if unshare and shutil.which("ip"):
-        try:
-            if subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10).returncode == 0:
-                return (unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh")
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return ()
 
 
 def test_under_torchrun_each_rank_prints_a_one_line_cause_and_torchrun_names_the_root(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc, seconds = _run(tmp_path, "1", prefix=(*_netns(), torchrun, "--standalone", "--nproc_per_node=2"))
+    proc, seconds = _run(tmp_path, "1", prefix=(*J.netns_prefix(), torchrun, "--standalone", "--nproc_per_node=2"))
     assert proc.returncode != 0 and seconds < 30
     lines = proc.stderr.splitlines()
     assert f"ember: rank 1 failed: {ERROR}" in lines

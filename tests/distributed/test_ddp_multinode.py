@@ -5,29 +5,18 @@ job runs in a private network namespace: nothing outside this machine can reach 
 """
 import json
 import os
-import shutil
-import subprocess
 
 import pytest
 
 import _djobs as J
 
 
-def _netns_prefix() -> tuple[str, ...]:
-    unshare = shutil.which("unshare")
-    if unshare and shutil.which("ip"):
-        try:
-            if subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10).returncode == 0:
-                return (unshare, "-n")
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return ()
 
 
 @pytest.mark.parametrize("kind", ["torchrun", "slurm"])
 def test_a_two_node_job_on_localhost_trains_like_one_process(tmp_path, one_rank_job, kind):
     out = str(tmp_path)
-    prefix = _netns_prefix() if kind == "torchrun" else ()
+    prefix = J.netns_prefix(loopback_up=False) if kind == "torchrun" else ()
     args = (out, kind) + (("--netns",) if prefix else ())
     J.check(J.run("two_nodes.py", *args, timeout=200, cwd=out, prefix=prefix))
     with open(os.path.join(out, "returncodes.json")) as fh:

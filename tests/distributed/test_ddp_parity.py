@@ -10,7 +10,6 @@ import glob
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -46,23 +45,13 @@ def spawn_run(tmp_path_factory):
                    "--only", ",".join(SPAWN_CASES))
 
 
-def _netns() -> tuple[str, ...]:
-    """Run inside a private network namespace when possible: torchrun's agent store listens on every interface."""
-    unshare = shutil.which("unshare")
-    if unshare and shutil.which("ip"):
-        try:
-            if subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10).returncode == 0:
-                return (unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh")
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return ()
 
 
 @pytest.fixture(scope="module")
 def torchrun_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("parity_torchrun"))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [*_netns(), torchrun, "--standalone", "--nproc_per_node=2", os.path.join(J.JOBS, "ddp_parity.py"), "ember",
+    cmd = [*J.netns_prefix(), torchrun, "--standalone", "--nproc_per_node=2", os.path.join(J.JOBS, "ddp_parity.py"), "ember",
            out]
     proc = subprocess.run(cmd, cwd=out, env=J.clean_env(), capture_output=True, text=True, timeout=300)
     J.check(proc)

@@ -1,5 +1,6 @@
 """strategy="fsdp" (FSDP2 fully_shard) on CPU with gloo: same arithmetic as one process, full and sharded checkpoints."""
 import os
+import sys
 
 import pytest
 import torch
@@ -39,6 +40,8 @@ def _one_process_bf16_reference():
 
     import ember as L
 
+    if J.JOBS not in sys.path:
+        sys.path.insert(0, J.JOBS)  # features.py imports its neighbours (job_samplers), as when run as a script
     spec = importlib.util.spec_from_file_location("features_job", os.path.join(J.JOBS, "features.py"))
     features = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(features)

@@ -17,7 +17,9 @@ import os
 import sys
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from job_samplers import EveryOther
 
 
 class Indexed(Dataset):
@@ -34,18 +36,6 @@ class Indexed(Dataset):
     def __getitem__(self, i: int):
         return self.x[i], self.y[i], i
 
-
-class EveryOther(Sampler):
-    """A custom sampler: even indices, then odd ones (deterministic, so every rank yields the same list)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        return iter(list(range(0, self.n, 2)) + list(range(1, self.n, 2)))
 
 
 class MyBatches(BatchSampler):

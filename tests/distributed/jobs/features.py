@@ -15,7 +15,9 @@ import sys
 import warnings
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from job_samplers import EveryOther
 
 import ember as L
 from ember.loggers import CSVLogger
@@ -154,18 +156,6 @@ class Recorder(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-
-class EveryOther(Sampler):
-    """A custom sampler: the even indices, then the odd ones."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        return iter(list(range(0, self.n, 2)) + list(range(1, self.n, 2)))
 
 
 def sampler(args, results) -> None:
