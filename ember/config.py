@@ -65,6 +65,17 @@ def parse_max_time(value: Any) -> float | None:
                      "timedelta arguments.")
 
 
+def _check_barebones(**given: Any) -> None:
+    """``barebones=True`` switches off what may cost speed; asking for one of those too is an error (Lightning)."""
+    off = {"enable_checkpointing": (None, False), "logger": (None, False), "enable_progress_bar": (None, False),
+           "log_every_n_steps": (None, 0), "enable_model_summary": (None, False), "num_sanity_val_steps": (None, 0),
+           "fast_dev_run": (0, False), "detect_anomaly": (False,)}
+    for name, value in given.items():
+        if not any(value is v or value == v and type(value) is type(v) for v in off[name]):
+            raise ValueError(f"Trainer(barebones=True, {name}={value!r}) is not valid: barebones mode switches "
+                             f"{name} off because it can cost speed; drop one of the two.")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     """The settings of one Trainer, after defaults and overrides (Lightning's names and meanings).
@@ -138,8 +149,11 @@ class TrainerConfig:
                        num_sanity_val_steps: int | None = None, log_every_n_steps: int | None = None,
                        enable_checkpointing: bool | None = None, enable_progress_bar: bool | None = None,
                        enable_model_summary: bool | None = None, gradient_clip_algorithm: Any = None,
-                       default_root_dir: Any = None, **settings: Any) -> "TrainerConfig":
-        """Check the Trainer's arguments and resolve their defaults; ``settings`` are taken as they are."""
+                       default_root_dir: Any = None, logger: Any = None, **settings: Any) -> "TrainerConfig":
+        """Check the Trainer's arguments and resolve their defaults; ``settings`` are taken as they are.
+
+        ``logger`` is only looked at (``barebones`` refuses one); the Trainer builds the loggers.
+        """
         for flag, off in NOT_IMPLEMENTED:
             if settings.pop(flag, off) != off:
                 raise NotImplementedError(f"Trainer({flag}=...) is not implemented in ember; leave it at {off!r}.")
@@ -160,8 +174,12 @@ class TrainerConfig:
                 settings[f"limit_{stage}_batches"] = fast_dev_run
             use_logger, enable_checkpointing = False, False
         if settings.get("barebones"):
+            _check_barebones(enable_checkpointing=enable_checkpointing, logger=logger,
+                             enable_progress_bar=enable_progress_bar, log_every_n_steps=log_every_n_steps,
+                             enable_model_summary=enable_model_summary, num_sanity_val_steps=num_sanity_val_steps,
+                             fast_dev_run=fast_dev_run, detect_anomaly=settings.get("detect_anomaly", False))
             use_logger, enable_checkpointing, enable_progress_bar, enable_model_summary = False, False, False, False
-            log_every_n_steps = 0
+            log_every_n_steps, num_sanity_val_steps = 0, 0
         if max_epochs is None:
             max_epochs = 1000 if settings.get("max_steps", -1) == -1 and max_time is None else -1
         if settings.get("overfit_batches"):

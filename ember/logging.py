@@ -191,6 +191,7 @@ class MetricStore:
         self._logged: dict[str, Any] = {}
         self._pbar: dict[str, Any] = {}
         self._reduce_fn = reduce_fn
+        self.logging_off = False  # Trainer(barebones=True): self.log warns and records nothing (Lightning)
         self.stepped: list[_Entry] = []  # entries of the stage logged on step: loggers may want them (read by the loop)
         self._fast: dict[tuple, _Entry] = {}  # the exact call -> its entry, in the current stage and phase
 
@@ -339,6 +340,12 @@ class MetricStore:
     def _log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
              reduce_fx: Any, enable_graph: bool, sync_dist: bool, add_dataloader_idx: bool, batch_size: int | None,
              fast_key: tuple) -> None:
+        if self.logging_off:
+            import warnings
+
+            warnings.warn(f"self.log({name!r}, ...) is ignored: Trainer(barebones=True) switches logging off.",
+                          UserWarning, stacklevel=4)
+            return
         stage = self.stage
         if stage == "predict":
             raise RuntimeError(f"self.log({name!r}, ...) is not supported during predict; return values from "

@@ -39,7 +39,7 @@ from .state import FitState
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 # The Trainer's arguments it resolves itself into objects; all the others are settings (TrainerConfig).
-_OBJECT_ARGUMENTS = ("self", "accelerator", "strategy", "devices", "precision", "logger", "callbacks")
+_OBJECT_ARGUMENTS = ("self", "accelerator", "strategy", "devices", "precision", "callbacks")
 _VERB = {"fit": "training", "validate": "validating", "test": "testing", "predict": "predicting"}
 
 
@@ -286,6 +286,7 @@ class Trainer:
     def _new_run(self, module: LightningModule, datamodule: Any) -> loop.Run:
         """Fresh metrics and hooks for one run; the counters carry over (fit continues where it stopped)."""
         self.metric_store.reset_all()  # nothing logged before is visible (Lightning resets results and views)
+        self.metric_store.logging_off = self.config.barebones
         self.datamodule = datamodule
         if datamodule is not None:
             datamodule.trainer = self

@@ -194,3 +194,19 @@ def test_flags_ember_does_not_implement_are_refused_by_name(flag, value):
 def test_fit_with_a_plain_nn_module_explains_what_is_needed():
     with pytest.raises(TypeError, match="needs an ember.LightningModule; got Linear"):
         L.Trainer(max_epochs=1, **QUIET).fit(torch.nn.Linear(2, 1), _loader())
+
+
+@pytest.mark.parametrize("flag, value", [("enable_checkpointing", True), ("enable_progress_bar", True),
+                                         ("enable_model_summary", True), ("log_every_n_steps", 10),
+                                         ("num_sanity_val_steps", 2), ("fast_dev_run", 1), ("detect_anomaly", True)])
+def test_barebones_refuses_a_feature_it_switches_off(flag, value):
+    with pytest.raises(ValueError, match=rf"Trainer\(barebones=True, {flag}={value!r}\) is not valid"):
+        L.Trainer(barebones=True, **{flag: value})
+
+
+def test_barebones_refuses_a_logger():
+    from ember.loggers import CSVLogger
+
+    with pytest.raises(ValueError, match=r"Trainer\(barebones=True, logger=<.*CSVLogger.*\) is not valid"):
+        L.Trainer(barebones=True, logger=CSVLogger("unused"))
+    assert L.Trainer(barebones=True, logger=False, num_sanity_val_steps=0).num_sanity_val_steps == 0

@@ -84,9 +84,6 @@ def test_barebones_trains_the_same_and_turns_off_the_extras(tmp_path):
         (8, [], None, None, [], 0, [])
 
 
-@pytest.mark.xfail(strict=True, reason="ember's barebones keeps the sanity check (num_sanity_val_steps=2) and "
-                                       "self.log; Lightning turns both off. A fix belongs in Trainer.__init__ and "
-                                       "LightningModule.log, which the core refactor is reshaping (issue 12 notes)")
 def test_barebones_skips_the_sanity_check_and_logging_like_lightning(tmp_path):
     a, b = run_both(_barebones_program, tmp_path=tmp_path)
     assert a["sanity"] == 0 and a["metrics"] == [] and a["val_steps"] == 2 * 2  # Lightning: 2 epochs x 2 batches
