@@ -272,6 +272,8 @@ class Trainer:
         except BaseException as exc:
             self.state.interrupted = True
             run.hooks.call("on_exception", exc)
+            if datamodule is not None:
+                datamodule.on_exception(exc)  # after the callbacks, as Lightning does
             for lg in self.loggers:
                 lg.finalize("failed")
             raise

@@ -133,3 +133,42 @@ def test_configure_callbacks_replaces_trainer_callbacks_of_the_same_type(tmp_pat
 
     a, b = run_both(program, tmp_path=tmp_path)
     assert a == b
+
+
+def _exception_order_program(L, tmp_path):
+    """Who hears an exception raised in training_step, in which order: callbacks, then the datamodule."""
+    heard = []
+
+    class Boom(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, batch_idx):
+            raise ValueError("boom at batch %d" % batch_idx)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            from parity_harness import loader
+
+            return loader(8, 4)
+
+        def on_exception(self, exception):
+            heard.append(("datamodule", str(exception)))
+
+    class Hear(L.pytorch.callbacks.Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            heard.append(("callback", str(exception)))
+
+    trainer = L.Trainer(max_epochs=1, callbacks=[Hear()], **quiet(tmp_path))
+    with pytest.raises(ValueError, match="boom at batch 0"):
+        trainer.fit(Boom(), datamodule=Data())
+    return heard, trainer.interrupted
+
+
+def test_an_exception_reaches_the_callbacks_then_the_datamodule(tmp_path):
+    expected, got = run_both(_exception_order_program, tmp_path=tmp_path)
+    assert got == expected == ([("callback", "boom at batch 0"), ("datamodule", "boom at batch 0")], True)
