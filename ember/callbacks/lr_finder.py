@@ -225,7 +225,9 @@ def run_range_test(trainer: Any, module: Any, min_lr: float, max_lr: float, num_
             group["lr"] = min_lr
             group["initial_lr"] = min_lr
         recorder = _Recorder(optimizer, early_stop_threshold)
-        config = dataclasses.replace(fit_run.config, max_steps=num_training + state.global_step)
+        # A diverging loss is what the range test looks for: it is recorded (inf/nan), not an error.
+        config = dataclasses.replace(fit_run.config, max_steps=num_training + state.global_step,
+                                     check_finite_loss=False)
         test_run = dataclasses.replace(fit_run, config=config, hooks=HookDispatcher(trainer, module, [recorder]),
                                        loggers=[], validation=False)  # validation does not change the curve
         schedule = _RangeSchedule(optimizer, max_lr, num_training, mode)

@@ -172,3 +172,37 @@ def _exception_order_program(L, tmp_path):
 def test_an_exception_reaches_the_callbacks_then_the_datamodule(tmp_path):
     expected, got = run_both(_exception_order_program, tmp_path=tmp_path)
     assert got == expected == ([("callback", "boom at batch 0"), ("datamodule", "boom at batch 0")], True)
+
+
+def _diverging_range_test(L, tmp_path):
+    """lr_find up to a rate that blows the loss up, with early_stop_threshold=None (the StatQuest call)."""
+
+    class Linear(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(3, 1)
+            self.lr = 1e-3
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    from parity_harness import loader
+
+    tuner = L.pytorch.tuner.Tuner(L.Trainer(max_epochs=50, **quiet(tmp_path)))
+    found = tuner.lr_find(Linear(), train_dataloaders=loader(64, 4), min_lr=1e-3, max_lr=1e4, num_training=40,
+                          early_stop_threshold=None)
+    steepest = found.suggestion() if L.__name__ == "lightning" else found.suggestion(method="steepest")
+    return [str(v) for v in found.results["lr"]], [str(v) for v in found.results["loss"]], steepest
+
+
+def test_a_diverging_range_test_records_inf_and_nan_like_lightning(tmp_path):
+    """The range test looks for the rate where training blows up: the non-finite losses are recorded, not raised."""
+    expected, got = run_both(_diverging_range_test, tmp_path=tmp_path)
+    assert got == expected
+    lrs, losses, steepest = got
+    assert len(losses) == 40 and losses[-1] == "nan" and "inf" in losses
+    assert steepest == pytest.approx(0.0841395, rel=1e-6)
