@@ -2,7 +2,7 @@
 
 With several processes each rank predicts its own share of the data; a subclass writes that share
 (to a file per rank, say) and can merge the files afterwards. ``batch_indices`` name the dataset
-rows each batch holds, read from the loader's batch sampler, so rows can be put back in order.
+rows each batch holds, recorded as the loop draws them, so rows can be put back in order.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class BasePredictionWriter(Callback):
             raise ValueError(f"BasePredictionWriter(write_interval={write_interval!r}) is not valid; allowed: "
                              f"{', '.join(repr(i) for i in _INTERVALS)}.")
         self.interval = write_interval
-        self._indices: list[list[list[int]]] = []
+        self._loaders: list[Any] = []
+        self._indices: list[list[list[int] | None]] = []
         self._predictions: list[list[Any]] = []
 
     def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: list[int] | None,
@@ -37,14 +38,16 @@ class BasePredictionWriter(Callback):
     # ---- hooks ----------------------------------------------------------------
     def on_predict_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         loaders = trainer.predict_dataloaders
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        self._indices = [_batch_indices(dl) for dl in loaders]
-        self._predictions = [[] for _ in loaders]
+        self._loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        self._indices = [[] for _ in self._loaders]
+        self._predictions = [[] for _ in self._loaders]
 
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
-        indices = self._indices[dataloader_idx] if dataloader_idx < len(self._indices) else []
-        batch_indices = indices[batch_idx] if batch_idx < len(indices) else None
+        # The predict loader's batch sampler records the indices as the loop draws them (runtime.samplers).
+        seen = getattr(getattr(self._loaders[dataloader_idx], "batch_sampler", None), "seen", None)
+        batch_indices = seen[batch_idx] if seen is not None and batch_idx < len(seen) else None
+        self._indices[dataloader_idx].append(batch_indices)
         if self.interval != "batch":
             self._predictions[dataloader_idx].append(outputs)
         if self.interval != "epoch":
@@ -55,17 +58,5 @@ class BasePredictionWriter(Callback):
             return
         n = len(self._predictions)
         predictions = self._predictions[0] if n == 1 else self._predictions
-        indices = [self._indices[i][: len(self._predictions[i])] for i in range(n)]
-        self.write_on_epoch_end(trainer, pl_module, predictions, indices[0] if n == 1 else indices)
+        self.write_on_epoch_end(trainer, pl_module, predictions, self._indices[0] if n == 1 else self._indices)
         self._predictions = []
-
-
-def _batch_indices(loader: Any) -> list[list[int]]:
-    """The dataset indices of every batch, when the loader batches through a (finite) batch sampler."""
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    if batch_sampler is None:
-        return []
-    try:
-        return [list(b) for b in batch_sampler]
-    except TypeError:
-        return []

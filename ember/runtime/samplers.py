@@ -139,6 +139,47 @@ def is_shuffled(loader: Any) -> bool:
 
 def prepare_loader(loader: Any, stage: str, shard: dict[str, int] | None, overfit: bool = False,
                    epoch_source: Callable[[], int] | None = None) -> Any:
+    """``loader`` as this rank reads it in ``stage``; a predict loader also records its batches' indices."""
+    prepared = _prepare_loader(loader, stage, shard, overfit, epoch_source)
+    if stage == "predict" and isinstance(prepared, DataLoader) and prepared.batch_sampler is not None \
+            and not isinstance(prepared.batch_sampler, BatchIndexRecorder):
+        prepared = _with_batch_sampler(prepared, BatchIndexRecorder(prepared.batch_sampler))
+    return prepared
+
+
+class BatchIndexRecorder:
+    """A batch sampler that keeps the dataset indices of every batch it yields this epoch, in order.
+
+    ``BasePredictionWriter`` reads ``seen[batch_idx]``: the rows the batch really holds, even when the
+    sampler shuffles or workers prefetch ahead (the DataLoader draws indices in the main process).
+    """
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.seen: list[list[int]] = []
+
+    def __iter__(self) -> Any:
+        self.seen = []
+        for indices in self.batch_sampler:
+            self.seen.append(list(indices))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __getattr__(self, name: str) -> Any:  # batch_size, drop_last, sampler: the wrapped sampler's
+        return getattr(self.batch_sampler, name)
+
+
+def _with_batch_sampler(loader: DataLoader, batch_sampler: Any) -> DataLoader:
+    new = copy.copy(loader)
+    object.__setattr__(new, "batch_sampler", batch_sampler)  # DataLoader forbids it after __init__; a fresh copy
+    object.__setattr__(new, "_iterator", None)
+    return new
+
+
+def _prepare_loader(loader: Any, stage: str, shard: dict[str, int] | None, overfit: bool = False,
+                    epoch_source: Callable[[], int] | None = None) -> Any:
     """``loader`` as this rank reads it in ``stage`` ("train", "validate", "test" or "predict").
 
     ``shard``: ``{"num_replicas": W, "rank": r}`` to give the loader a distributed sampler

@@ -273,11 +273,7 @@ def _writer_program(L, tmp_path, shuffle):
     return writer.rows, [[p.tolist() for p in loader] for loader in out]
 
 
-@pytest.mark.parametrize("shuffle", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="ember's BasePredictionWriter reads the batch indices by iterating the batch sampler "
-                        "before the loop does: with a shuffling sampler they name other rows than the batch "
-                        "holds, and the extra pass changes the order (fix: record them as the loop draws them; "
-                        "issue 12 notes)"))])
+@pytest.mark.parametrize("shuffle", [False, True])
 def test_prediction_writer_batch_interval_gets_each_batch_and_its_rows(tmp_path, shuffle):
     a, b = run_both(_writer_program, tmp_path=tmp_path, shuffle=shuffle)
     for rows, _ in (a, b):
