@@ -30,6 +30,13 @@ def _reduce_name(reduce_fx: Any) -> str:
 
 def extract_batch_size(batch: Any) -> int:
     """The length of the first tensor found in the batch (how Lightning weighs epoch means)."""
+    if type(batch) in (tuple, list) and batch and type(batch[0]) is torch.Tensor:
+        # The usual (x, y) batch, once per logged batch of every eval step: answered without the walk below.
+        first = batch[0]
+        if first.ndim == 0:
+            return 1
+        if first.shape[0]:
+            return int(first.shape[0])
     if isinstance(batch, torch.Tensor):
         return 1 if batch.ndim == 0 else int(batch.shape[0])
     if isinstance(batch, str):
