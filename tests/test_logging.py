@@ -127,3 +127,16 @@ def test_epoch_mean_is_weighted_by_batch_size():
                   reduce_fx="mean", enable_graph=False, sync_dist=False, add_dataloader_idx=True, batch_size=None)
     store.enter("validate", "epoch")
     assert float(store.callback_metrics["v"]) == pytest.approx((1.0 * 4 + 4.0) / 5)
+
+
+def test_extract_batch_size_reads_the_first_tensor_with_rows():
+    """How epoch means are weighted: the first tensor's length, through tuples, dicts and lists alike."""
+    from ember.logging import extract_batch_size
+
+    x, y = torch.zeros(5, 3), torch.zeros(5)
+    assert extract_batch_size((x, y)) == 5
+    assert extract_batch_size([torch.tensor(2.0), y]) == 1  # a scalar first counts as one sample
+    assert extract_batch_size((torch.zeros(0, 3), torch.zeros(7))) == 7  # an empty first tensor is skipped
+    assert extract_batch_size({"x": x[:2], "y": y}) == 2
+    assert extract_batch_size(("text", [x[:4]])) == 1  # a string counts as one sample, as in Lightning
+    assert extract_batch_size(x[:3]) == 3
