@@ -19,6 +19,7 @@ import torch
 
 from .config import TrainerConfig
 from .hooks import is_overridden
+from .utilities.seed import seed_workers_of
 
 _HOOK_OF_STAGE = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
 _LIMIT_OF_STAGE = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
@@ -126,6 +127,7 @@ class RunLoaders:
         # Distributed: a DistributedSampler gives this rank its share; one device: unchanged.
         loader = self.strategy.distribute_loader(loader, "train", config.use_distributed_sampler,
                                                  bool(config.overfit_batches))
+        seed_workers_of(loader, self.strategy.global_rank)
         length = loader_length(loader)
         if length == 0:
             raise ValueError("The training dataloader is empty (len 0): there is nothing to train on. Check the "
@@ -179,6 +181,8 @@ class RunLoaders:
         if config.overfit_batches:
             loaders = [_without_shuffle(dl) for dl in loaders]  # its own data, in a fixed order (Lightning)
         loaders = [self.strategy.distribute_loader(dl, "validate", config.use_distributed_sampler) for dl in loaders]
+        for dl in loaders:
+            seed_workers_of(dl, self.strategy.global_rank)
         self.val_loaders = loaders
         self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
         self.val_limits = [resolve_limit(config.limit_val_batches, loader_length(dl), "limit_val_batches")
@@ -220,6 +224,8 @@ class RunLoaders:
                              f"define {type(self.module).__name__}.{name}().")
         loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
         loaders = [self.strategy.distribute_loader(dl, stage, self.config.use_distributed_sampler) for dl in loaders]
+        for dl in loaders:
+            seed_workers_of(dl, self.strategy.global_rank)
         public = loaders[0] if len(loaders) == 1 else loaders
         if stage == "validate":
             self.val_dataloaders = public

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from typing import Any
 
 
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
@@ -33,3 +34,51 @@ def _numpy_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("numpy") is not None
+
+
+_MASK64 = 2**64 - 1
+
+
+def worker_init_function(worker_id: int, rank: int = 0) -> None:
+    """The DataLoader ``worker_init_fn`` the Trainer adds after ``seed_everything(workers=True)``.
+
+    Each worker seeds torch, Python's ``random`` and NumPy from the loader's base seed, its worker id and
+    the process rank. The seeds follow Lightning 2.6's layout and mixing, so a worker draws the same
+    augmentation under both frameworks.
+    """
+    import torch
+
+    base_seed = torch.initial_seed() - worker_id  # the DataLoader started this worker at base_seed + worker_id
+    torch_seed, high, low = _worker_seeds(base_seed, worker_id, rank, 3)
+    torch.manual_seed(torch_seed)
+    random.seed((high << 32) | low)
+    if "numpy" in sys.modules or _numpy_installed():
+        import numpy
+
+        numpy.random.seed(numpy.random.SeedSequence([base_seed, worker_id, rank]).generate_state(4))
+
+
+def _worker_seeds(base_seed: int, worker_id: int, rank: int, count: int) -> list[int]:
+    """``count`` 64-bit seeds: (base, worker, rank) packed into one number, mixed with MurmurHash3's 64-bit
+    finalizer (so that small seeds still fill every bit), then stepped with Knuth's MMIX LCG."""
+    x = (base_seed << 32) | (worker_id << 16) | rank
+    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        x ^= x >> 33
+        x = (x * multiplier) & _MASK64
+    x ^= x >> 33
+    seeds = []
+    for _ in range(count):
+        x = (x * 6364136223846793005 + 1) & _MASK64
+        seeds.append(x)
+    return seeds
+
+
+def seed_workers_of(loader: Any, rank: int) -> None:
+    """After ``seed_everything(workers=True)``: give a DataLoader without a ``worker_init_fn`` ember's (Lightning)."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    if int(os.environ.get("PL_SEED_WORKERS", 0)) and isinstance(loader, DataLoader) and loader.worker_init_fn is None:
+        loader.worker_init_fn = partial(worker_init_function, rank=rank)
+

@@ -201,10 +201,6 @@ def test_two_dataloader_workers_give_the_same_batches(tmp_path):
     assert_same_weights(a[0], b[0])
 
 
-@pytest.mark.xfail(strict=True, reason="ember does not install Lightning's worker_init_fn for "
-                                       "seed_everything(workers=True): its workers keep torch's default seeds "
-                                       "(reproducible, but not Lightning's numbers). The fix belongs where the "
-                                       "Trainer prepares loaders (trainer.py, under refactor; issue 12 notes)")
 def test_two_dataloader_workers_with_seeded_augmentation(tmp_path):
     a, b = run_both(_workers_program, tmp_path=tmp_path, dataset=NoisyRows())
     assert a[1] == b[1] == 16
