@@ -17,6 +17,7 @@ _LAZY = {
     "Timer": ".timer",
     "LearningRateFinder": ".lr_finder",
     "BasePredictionWriter": ".prediction_writer",
+    "LambdaCallback": ".lambda_function",
 }
 
 __all__ = ["Callback", *_LAZY]

@@ -206,3 +206,36 @@ def test_a_diverging_range_test_records_inf_and_nan_like_lightning(tmp_path):
     lrs, losses, steepest = got
     assert len(losses) == 40 and losses[-1] == "nan" and "inf" in losses
     assert steepest == pytest.approx(0.0841395, rel=1e-6)
+
+
+def _lambda_program(L, tmp_path):
+    """LambdaCallback: plain functions per event, called with (trainer, pl_module, ...) where Lightning calls them."""
+    calls = []
+    cb = L.pytorch.callbacks.LambdaCallback(
+        on_train_start=lambda trainer, pl_module: calls.append(("train_start", trainer.global_step)),
+        on_train_batch_end=lambda trainer, pl_module, outputs, batch, batch_idx: calls.append(
+            ("batch_end", batch_idx, trainer.global_step, round(float(outputs["loss"]), 6))),
+        on_validation_epoch_end=lambda trainer, pl_module: calls.append(("val_end", trainer.sanity_checking)),
+        on_fit_end=lambda trainer, pl_module: calls.append(("fit_end", trainer.current_epoch)),
+        on_train_epoch_start=None)
+    model = boring_class(L)()
+    trainer = L.Trainer(max_epochs=2, callbacks=[cb], **quiet(tmp_path, limit_train_batches=2, limit_val_batches=1))
+    trainer.fit(model)
+    return calls
+
+
+def test_lambda_callback_calls_its_functions_like_lightning(tmp_path):
+    expected, got = run_both(_lambda_program, tmp_path=tmp_path)
+    assert got == expected
+    assert [c[0] for c in got] == ["val_end", "train_start", "batch_end", "batch_end", "val_end", "batch_end",
+                                   "batch_end", "val_end", "fit_end"]
+    assert got[-1] == ("fit_end", 2) and got[3][:3] == ("batch_end", 1, 2)
+
+
+def test_lambda_callback_refuses_an_unknown_event():
+    from ember.callbacks import LambdaCallback
+
+    with pytest.raises(ValueError, match=r"LambdaCallback\(on_train_bach_end=\.\.\.\): not a callback event"):
+        LambdaCallback(on_train_bach_end=lambda *a: None)
+    with pytest.raises(TypeError, match=r"LambdaCallback\(on_fit_end=3\) needs a function"):
+        LambdaCallback(on_fit_end=3)
