@@ -891,3 +891,23 @@ def find_checkpoint(trainer: Any, which: str) -> str | None:
                       "for in the ModelCheckpoint's dirpath.", UserWarning, stacklevel=3)
         return None
     return max(candidates, key=os.path.getmtime)
+
+
+def resolve_ckpt_path(trainer: Any, ckpt_path: Any) -> str | None:
+    """``ckpt_path`` as a file: "last"/"best" looked up (rank 0's answer on every rank), or a path checked."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path in ("last", "best"):
+        try:
+            found, error = find_checkpoint(trainer, ckpt_path), None
+        except ValueError as exc:
+            found, error = None, exc
+        # Distributed: every rank resumes from the file rank 0 found (identity on one device).
+        found, error = trainer.strategy.broadcast((found, error))
+        if error is not None:
+            raise error
+        return found
+    path = os.fspath(ckpt_path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"ckpt_path={path!r} does not exist.")
+    return path

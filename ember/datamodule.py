@@ -82,3 +82,8 @@ def _map_datasets(datasets: Any, fn: Any) -> Any:
     if isinstance(datasets, (list, tuple)):
         return type(datasets)(_map_datasets(v, fn) for v in datasets)
     return fn(datasets)
+
+
+def split_datamodule(datamodule: Any, loaders: Any) -> tuple[Any, Any]:
+    """Lightning accepts a datamodule in the loaders' place."""
+    return (loaders, None) if isinstance(loaders, LightningDataModule) else (datamodule, loaders)

@@ -563,3 +563,14 @@ def write_eval_epoch(run: Any, outputs: list[dict[str, Any]]) -> list[dict[str, 
     write_logs(run, everything)
     return [as_floats(out) for out in outputs]
 
+
+def print_eval_results(stage: str, results: list[dict[str, float]]) -> None:
+    """The table validate()/test() print: one block of metrics per loader."""
+    for idx, metrics in enumerate(results):
+        if not metrics:
+            continue
+        title = f"{stage} metric" + (f" (dataloader {idx})" if len(results) > 1 else "")
+        width = max(len(title), *(len(k) for k in metrics))
+        print(f"{title:<{width}}  value")
+        for key, value in sorted(metrics.items()):
+            print(f"{key:<{width}}  {value:.6g}")

@@ -28,8 +28,9 @@ from .callbacks.defaults import (checkpoints_last, is_checkpoint, is_early_stopp
 from .callbacks.lr_finder import TunerExit
 from .config import TRAINER_ATTRIBUTES, TrainerConfig
 from .data import RunLoaders
+from .datamodule import split_datamodule
 from .hooks import HookDispatcher, is_overridden
-from .logging import MetricStore, as_floats
+from .logging import MetricStore, as_floats, print_eval_results
 from .loggers.defaults import default_loggers
 from .module import LightningModule
 from .runtime import accelerator as _accelerator
@@ -174,7 +175,7 @@ class Trainer:
         ``weights_only=False`` allows a checkpoint that holds more than tensors and plain values (see
         ``ember.checkpoint.load_file``); only use it for files you trust.
         """
-        datamodule, train_dataloaders = _split_datamodule(datamodule, train_dataloaders)
+        datamodule, train_dataloaders = split_datamodule(datamodule, train_dataloaders)
         module = self._attach(model, "fit", weights_only)
         for hook, why in (("training_step", "training_step(batch, batch_idx); Trainer.fit() needs one to know what "
                                             "loss to minimise."),
@@ -196,18 +197,18 @@ class Trainer:
     def predict(self, model: LightningModule | None = None, dataloaders: Any = None, datamodule: Any = None,
                 return_predictions: bool | None = None, ckpt_path: str | None = None,
                 weights_only: bool | None = None) -> Any:
-        datamodule, dataloaders = _split_datamodule(datamodule, dataloaders)
+        datamodule, dataloaders = split_datamodule(datamodule, dataloaders)
         module = self._attach(model, "predict", weights_only)
         return self._run(module, "predict", datamodule, dataloaders, None, ckpt_path,
                          True if return_predictions is None else return_predictions)
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any,
                   weights_only: bool | None) -> list[dict[str, float]]:
-        datamodule, dataloaders = _split_datamodule(datamodule, dataloaders)
+        datamodule, dataloaders = split_datamodule(datamodule, dataloaders)
         module = self._attach(model, stage, weights_only)
         results = self._run(module, stage, datamodule, dataloaders, None, ckpt_path)
         if verbose and self.is_global_zero and results:
-            _print_results(stage, results)
+            print_eval_results(stage, results)
         return results
 
     def _attach(self, model: Any, stage: str, weights_only: bool | None) -> LightningModule:
@@ -309,7 +310,7 @@ class Trainer:
         return run
 
     def _run_fit(self, run: loop.Run, train: Any, val: Any, ckpt_path: Any) -> None:
-        from .checkpoint import preemption_guard, restore_training_state
+        from .checkpoint import preemption_guard, resolve_ckpt_path, restore_training_state
         from .optim import check_optimization, parse
 
         module = run.module
@@ -319,7 +320,7 @@ class Trainer:
         # The *_dataloader hooks run where Lightning calls them (val in the sanity check, train right before
         # on_train_start, see loop.run_fit); here we only check that a source exists.
         self.data.prepare_fit(train, val)
-        self.ckpt_path = self._resolve_ckpt_path(ckpt_path)
+        self.ckpt_path = resolve_ckpt_path(self, ckpt_path)
         if self.ckpt_path is not None:
             # Resuming puts the train loader's position back, so the loaders are built before the restore.
             self.data.setup_train()
@@ -353,10 +354,10 @@ class Trainer:
         return results
 
     def _load_weights(self, module: LightningModule, ckpt_path: Any) -> None:
-        path = self.ckpt_path = self._resolve_ckpt_path(ckpt_path)  # None: "last" with nothing saved (it warns)
-        if path is not None:
-            from .checkpoint import load_weights_into
+        from .checkpoint import load_weights_into, resolve_ckpt_path
 
+        path = self.ckpt_path = resolve_ckpt_path(self, ckpt_path)  # None: "last" with nothing saved (it warns)
+        if path is not None:
             load_weights_into(module, path, weights_only=self._weights_only)
 
     def _log_hparams(self, module: LightningModule) -> None:
@@ -371,26 +372,6 @@ class Trainer:
                 lg.log_hyperparams(params)
             if hasattr(lg, "log_graph"):
                 lg.log_graph(module)
-
-    def _resolve_ckpt_path(self, ckpt_path: Any) -> str | None:
-        if ckpt_path is None:
-            return None
-        if ckpt_path in ("last", "best"):
-            from .checkpoint import find_checkpoint
-
-            try:
-                found, error = find_checkpoint(self, ckpt_path), None
-            except ValueError as exc:
-                found, error = None, exc
-            # Distributed: every rank resumes from the file rank 0 found (identity on one device).
-            found, error = self.strategy.broadcast((found, error))
-            if error is not None:
-                raise error
-            return found
-        path = os.fspath(ckpt_path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"ckpt_path={path!r} does not exist.")
-        return path
 
 
 def _setting(name: str) -> property:
@@ -421,21 +402,3 @@ FORWARDED = {
 for _owner, _names in FORWARDED.items():
     for _name in _names:
         setattr(Trainer, _name, _forward(_owner, _name))
-
-
-def _split_datamodule(datamodule: Any, loaders: Any) -> tuple[Any, Any]:
-    """Lightning accepts a datamodule in the loaders' place."""
-    from .datamodule import LightningDataModule
-
-    return (loaders, None) if isinstance(loaders, LightningDataModule) else (datamodule, loaders)
-
-
-def _print_results(stage: str, results: list[dict[str, float]]) -> None:
-    for idx, metrics in enumerate(results):
-        if not metrics:
-            continue
-        title = f"{stage} metric" + (f" (dataloader {idx})" if len(results) > 1 else "")
-        width = max(len(title), *(len(k) for k in metrics))
-        print(f"{title:<{width}}  value")
-        for key, value in sorted(metrics.items()):
-            print(f"{key:<{width}}  {value:.6g}")
