@@ -1,0 +1,2 @@
+def explain(parser, message):
+    return message
