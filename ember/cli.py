@@ -186,7 +186,6 @@ class LightningCLI:
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
                      subparser_kwargs: dict[str, Any]) -> None:
         self.parser = self.init_parser(**main_kwargs)
-        self._subcommand_parsers: dict[str, Any] = {}
         self._subcommand_arguments: dict[str, set[str]] = {}
         if add_subcommands:
             self._add_subcommands(self.parser, **subparser_kwargs)
@@ -229,7 +228,7 @@ class LightningCLI:
             self._add_arguments(subparser)
             added = subparser.add_method_arguments(self.trainer_class, name, skip=skip)
             self._subcommand_arguments[name] = set(added)
-            self._subcommand_parsers[name] = subparser
+            parser.subcommand_parsers[name] = subparser
             summary = (method.__doc__ or "").strip().split("\n")[0] or f"Runs Trainer.{name}."
             subcommands.add_subcommand(name, subparser, help=summary)
 
@@ -252,7 +251,7 @@ class LightningCLI:
         self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
 
     def _parser(self, subcommand: str | None) -> Any:
-        return self.parser if subcommand is None else self._subcommand_parsers[subcommand]
+        return self.parser if subcommand is None else self.parser.subcommand_parsers[subcommand]
 
     def _get(self, config: Any, key: str, default: Any = None) -> Any:
         section = config.get(str(self.subcommand), config) if self.subcommand is not None else config

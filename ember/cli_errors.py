@@ -1,2 +1,156 @@
-def explain(parser, message):
+"""Argument errors of ``LightningCLI`` in one sentence: the flag, the value it got and what is allowed.
+
+jsonargparse reports a bad value as a nested dump of Union subtypes after a usage block of fifty lines
+(Lightning #19714). ``explain`` rewrites the messages jsonargparse produces into a short one; a
+message it does not recognise passes through unchanged.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from typing import Any
+
+import torch
+
+_BASES = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+_TYPE_WORDS = {"int": "an int", "float": "a float", "str": "a string", "bool": "true or false", "NoneType": "null",
+               "dict": "a mapping", "list": "a list", "Path": "a path"}
+
+
+def explain(parser: Any, message: str) -> str:
+    for pattern, rewrite in _RULES:
+        found = re.search(pattern, message, re.S)
+        if found:
+            return rewrite(parser, found, message)
     return message
+
+
+def _unknown_flag(parser: Any, found: re.Match, message: str) -> str:
+    words = found.group(1).split()
+    flag = next((w for w in words if w.startswith("-")), words[0])
+    name, value = re.split(r"\+?=", flag, maxsplit=1)[0], None
+    if "=" in flag:
+        value = flag.split("=", 1)[1]
+    elif words.index(flag) + 1 < len(words):
+        value = words[words.index(flag) + 1]
+    got = f" (with value {value!r})" if value is not None else ""
+    if not name.startswith("-"):
+        return (f"unexpected argument {name!r}: every value needs a flag before it, like --trainer.max_epochs 3. "
+                f"{_help_tip(parser)}")
+    return f"{name} is not a flag of this command{got}. {_closest(name, _flags(parser))}{_help_tip(parser)}"
+
+
+def _unknown_config_key(parser: Any, found: re.Match, message: str) -> str:
+    subcommand, key = found.group(1), found.group(2)
+    sub = getattr(parser, "subcommand_parsers", {}).get(subcommand, parser)
+    return (f"--{key} (a key of the config given to `{subcommand}`) is not a flag of `{subcommand}`. "
+            f"{_closest('--' + key, _flags(sub))}{_help_tip(sub)}")
+
+
+def _bad_subcommand(parser: Any, found: re.Match, message: str) -> str:
+    value, choices = found.group(1), re.findall(r"'([^']*)'", found.group(2))
+    hint = _closest(value, choices, quote=True)
+    return (f"the subcommand got {value!r}; allowed: {', '.join(choices)}. {hint}The subcommand comes first, then "
+            f"its flags: fit --trainer.max_epochs 3.")
+
+
+def _bad_value(parser: Any, found: re.Match, message: str) -> str:
+    key = found.group(1)
+    flag = f"--{key}"
+    injected = re.search(r"Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted", message)
+    if injected:
+        return _bad_init_arg(flag, injected.group(1), injected.group(2), message)
+    missing_file = re.search(r"File does not exist: '([^']+)'", message)
+    if missing_file:
+        return f"{flag} got a file that does not exist: {missing_file.group(1)}."
+    value = _given_value(message)
+    got = f"got {value!r}" if value is not None else "got a value it does not accept"
+    if re.search(r"Expected a dot import path string|Import path .* does not|not a subclass of", message):
+        subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+        bases = [b for b in re.findall(r"([\w]+(?:\.[\w]+)+)", subtypes.group(1) if subtypes else "")
+                 if b != "NoneType"]
+        base_name = bases[0] if bases else "the expected base class"
+        names = _subclass_names(base_name)
+        hint = _closest(value or "", names, quote=True) if names else ""
+        return (f"{flag} {got}; allowed: the name or import path of a subclass of {base_name}"
+                f"{_examples(names)}. {hint}".rstrip())
+    allowed = _allowed_types(message)
+    return f"{flag} {got}; allowed: {allowed}." if allowed else f"{flag} {got}. {message.strip()}"
+
+
+def _bad_init_arg(flag: str, class_path: str, option: str, message: str) -> str:
+    owner_flag = flag.rsplit(".", 1)[0] if flag.count(".") else flag
+    cls = _import(class_path)
+    if cls is not None and cls in _BASES:  # --optimizer.lr before --optimizer Adam: no class chosen yet
+        return (f"{flag}.{option} was given before a class for {owner_flag}: name the class first, e.g. "
+                f"{owner_flag} Adam {flag}.{option} ..., or give class_path/init_args in the config.")
+    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params", "optimizer")] \
+        if cls is not None else []
+    hint = _closest(option, params, quote=True)
+    return (f"{flag}.{option}: {class_path} has no argument {option!r}; allowed: {', '.join(params) or '(none)'}. "
+            f"{hint}".rstrip())
+
+
+def _given_value(message: str) -> str | None:
+    found = re.search(r"(?:Given value|Got value): (.*?)\s*$", message, re.M)
+    return found.group(1) if found else None
+
+
+def _allowed_types(message: str) -> str:
+    literal = re.search(r"Literal\[(.*?)\]", message)
+    if literal:
+        return "one of " + literal.group(1)
+    names = re.findall(r"<class '(?:[\w]+\.)*(\w+)'>", message.split("Given value type")[0])
+    words = list(dict.fromkeys(_TYPE_WORDS.get(n, f"a {n}") for n in names))
+    return " or ".join(words)
+
+
+def _flags(parser: Any) -> list[str]:
+    return sorted(set(re.findall(r"--[\w.]+", parser.format_usage())))
+
+
+def _closest(value: str, choices: list[str], quote: bool = False) -> str:
+    close = difflib.get_close_matches(value, choices, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    shown = [repr(c) if quote else c for c in close]
+    return f"Did you mean {' or '.join(shown)}? "
+
+
+def _help_tip(parser: Any) -> str:
+    return f"Run `{parser.prog} --help` for every flag."
+
+
+def _examples(names: list[str]) -> str:
+    return f" (for example {', '.join(names[:6])})" if names else ""
+
+
+def _subclass_names(base_path: str) -> list[str]:
+    base = _import(base_path)
+    if base is None:
+        return []
+    found, todo = set(), list(base.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if not cls.__name__.startswith("_"):
+            found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return sorted(found)
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+_RULES = [
+    (r"unrecognized arguments: (.*)", _unknown_flag),
+    (r"Subcommand '(\w+)' does not accept option '([^']+)'", _unknown_config_key),
+    (r"argument subcommand: invalid choice: '([^']*)' \(choose from (.*)\)", _bad_subcommand),
+    (r'Parser key "([^"]+)"', _bad_value),
+]

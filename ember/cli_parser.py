@@ -5,6 +5,7 @@ This module imports jsonargparse at the top; ``ember.cli`` imports it only when 
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import jsonargparse
@@ -15,6 +16,21 @@ from .cli_errors import explain
 from .datamodule import LightningDataModule
 from .module import LightningModule
 from .trainer import Trainer
+
+
+
+def load_stock_classes() -> None:
+    """Import every stock callback and logger, so ``--trainer.callbacks+=EarlyStopping`` finds it by name.
+
+    jsonargparse resolves a short class name among the subclasses that exist; ember's callbacks load lazily
+    (``import ember`` stays fast), so the CLI loads them when it builds its parser.
+    """
+    from . import callbacks, loggers
+
+    for package in (callbacks, loggers):
+        for name in package.__all__:
+            getattr(package, name)
+
 
 # "AUTOMATIC": LightningCLI injects the optimizer/scheduler into the model's configure_optimizers.
 AUTOMATIC = "AUTOMATIC"
@@ -34,9 +50,11 @@ class LightningArgumentParser(jsonargparse.ArgumentParser):
         # them, and a typo that silently lands on another flag is worse than an error that names both.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, description=description, env_prefix=env_prefix, default_env=default_env, **kwargs)
+        load_stock_classes()
         self.callback_keys: list[str] = []
         self.optimizer_args: dict[str, tuple[Any, str]] = {}
         self.lr_scheduler_args: dict[str, tuple[Any, str]] = {}
+        self.subcommand_parsers: dict[str, LightningArgumentParser] = {}  # LightningCLI fills it (fit, ...)
 
     def add_lightning_class_args(self, lightning_class: Any, nested_key: str, subclass_mode: bool = False,
                                  required: bool = True) -> list[str]:
@@ -89,8 +107,16 @@ class LightningArgumentParser(jsonargparse.ArgumentParser):
         registry[nested_key] = (classes, link_to)
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
-        """jsonargparse's error, reworded to name the flag, the value it got and what is allowed."""
-        return super().error(explain(self, message), ex)
+        """jsonargparse's error, reworded to name the flag, the value it got and what is allowed.
+
+        On the command line it prints that one message (no fifty-line usage block) and exits with 2, as
+        argparse does; with ``exit_on_error=False`` it raises ``ArgumentError`` with the same text.
+        """
+        text = explain(self, message)
+        if not self.exit_on_error:
+            raise jsonargparse.ArgumentError(None, text)
+        sys.stderr.write(f"{self.prog}: error: {text}\n")
+        sys.exit(2)
 
 
 def instantiate(parser: jsonargparse.ArgumentParser, config: Any) -> Any:
