@@ -158,6 +158,8 @@ class LightningCLI:
 
         main_kwargs, subparser_kwargs = self._split_parser_kwargs(parser_kwargs or {})
         self.setup_parser(run, main_kwargs, subparser_kwargs)
+        if load_from_checkpoint_support:
+            self._add_instantiators()
         self.parse_arguments(self.parser, args)
         self.subcommand = self.config["subcommand"] if run else None
         self._set_seed()
@@ -266,6 +268,24 @@ class LightningCLI:
         # The saved config records the seed used, so the run can be repeated from it.
         (self.config[self.subcommand] if self.subcommand else self.config)["seed_everything"] = seed
 
+    def _add_instantiators(self) -> None:
+        # The model and datamodule are built through _RecordingInstantiator, so their hparams are the config.
+        for key, cls, subclasses in (("model", self.model_class, self.subclass_mode_model),
+                                     ("data", self.datamodule_class, self.subclass_mode_data)):
+            base = LightningModule if key == "model" else LightningDataModule
+            self.parser.add_instantiator(_RecordingInstantiator(self, key), _module_base(cls, base),
+                                         subclasses=subclasses)
+
+    def config_section(self, key: str) -> Any:
+        """``key``'s part of the parsed config as plain values (what config.yaml holds), for the subcommand run."""
+        if getattr(self, "_config_dump", None) is None:
+            import yaml
+
+            dumped = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml")
+            self._config_dump = yaml.safe_load(dumped)
+        section = self._config_dump.get(self.subcommand, {}) if self.subcommand else self._config_dump
+        return section.get(key) or {}
+
     def before_instantiate_classes(self) -> None:
         """Called after parsing, before the model, datamodule and Trainer are built (``self.config`` is set)."""
 
@@ -353,6 +373,63 @@ class LightningCLI:
         after = getattr(self, f"after_{subcommand}", None)
         if callable(after):
             after()
+
+
+class _RecordingInstantiator:
+    """Builds the model or datamodule with ``save_hyperparameters()`` recording its config section.
+
+    A checkpoint of that model then holds the config (a ``_class_path`` in subclass mode) and
+    ``"_instantiator": "ember.cli.instantiate_module"``, so ``load_from_checkpoint`` rebuilds arguments
+    that are classes (an encoder given as ``class_path``) the way the CLI did.
+    """
+
+    def __init__(self, cli: LightningCLI, key: str) -> None:
+        self.cli = cli
+        self.key = key
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict | None = None,
+                 **kwargs: Any) -> Any:
+        from .hparams import GIVEN_HPARAMS
+
+        config = dict(self.cli.config_section(self.key))
+        if "class_path" in config:  # subclass mode: the same flat hparams as without it, plus the class
+            config = {"_class_path": config["class_path"], **(config.get("init_args") or {}),
+                      **(config.get("dict_kwargs") or {})}
+        for link, value in (applied_instantiation_links or {}).items():
+            prefix = f"{self.key}."
+            if link.startswith(prefix):
+                config[link[len(prefix):].removeprefix("init_args.")] = value
+        token = GIVEN_HPARAMS.set({**config, "_instantiator": "ember.cli.instantiate_module"})
+        try:
+            return class_type(*args, **kwargs)
+        finally:
+            GIVEN_HPARAMS.reset(token)
+
+
+def instantiate_module(class_type: type, config: dict[str, Any]) -> Any:
+    """Rebuilds a CLI-made module from its saved hparams (``load_from_checkpoint`` calls it)."""
+    from jsonargparse import ArgumentParser
+
+    from .cli_parser import instantiate
+
+    parser = ArgumentParser(exit_on_error=False)
+    if "_class_path" in config:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {"class_path": config["_class_path"],
+                  "dict_kwargs": {k: v for k, v in config.items() if k != "_class_path"}}
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    return instantiate(parser, parser.parse_object({"module": config})).module
+
+
+def _module_base(cls: Any, default: type) -> type:
+    """The class an instantiator is registered for: the class, or what a factory function says it returns."""
+    if isinstance(cls, type):
+        return cls
+    import inspect
+
+    returned = inspect.signature(cls).return_annotation
+    return returned if isinstance(returned, type) else default
 
 
 def _check_arguments(seed: Any, args: Any, save_config_callback: Any) -> None:
