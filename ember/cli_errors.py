@@ -39,14 +39,14 @@ def _unknown_flag(parser: Any, found: re.Match, message: str) -> str:
     if not name.startswith("-"):
         return (f"unexpected argument {name!r}: every value needs a flag before it, like --trainer.max_epochs 3. "
                 f"{_help_tip(parser)}")
-    return f"{name} is not a flag of this command{got}. {_closest(name, _flags(parser))}{_help_tip(parser)}"
+    return f"{name} is not a flag of this command{got}. {_closest_flag(name, _flags(parser))}{_help_tip(parser)}"
 
 
 def _unknown_config_key(parser: Any, found: re.Match, message: str) -> str:
     subcommand, key = found.group(1), found.group(2)
     sub = getattr(parser, "subcommand_parsers", {}).get(subcommand, parser)
     return (f"--{key} (a key of the config given to `{subcommand}`) is not a flag of `{subcommand}`. "
-            f"{_closest('--' + key, _flags(sub))}{_help_tip(sub)}")
+            f"{_closest_flag('--' + key, _flags(sub))}{_help_tip(sub)}")
 
 
 def _bad_subcommand(parser: Any, found: re.Match, message: str) -> str:
@@ -108,7 +108,19 @@ def _allowed_types(message: str) -> str:
 
 
 def _flags(parser: Any) -> list[str]:
-    return sorted(set(re.findall(r"--[\w.]+", parser.format_usage())))
+    """The parser's flags, without group flags (``--trainer``) that only take a whole config section."""
+    flags = set(re.findall(r"--[\w.]+", parser.format_usage()))
+    return sorted(f for f in flags if not any(other.startswith(f + ".") for other in flags))
+
+
+def _closest_flag(flag: str, flags: list[str]) -> str:
+    """Close flags of the same section first (--model.hiden -> --model.hidden), compared on the last name only."""
+    section, _, leaf = flag.rpartition(".")
+    siblings = {f.rpartition(".")[2]: f for f in flags if section and f.rpartition(".")[0] == section}
+    close = difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.75)
+    if close:
+        return f"Did you mean {' or '.join(siblings[c] for c in close)}? "
+    return _closest(flag, flags)
 
 
 def _closest(value: str, choices: list[str], quote: bool = False) -> str:

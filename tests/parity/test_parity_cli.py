@@ -4,12 +4,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import pytest
 import yaml
-from cli_classes import classes
+from cli_app.models import classes
 from parity_harness import assert_same_weights, run_both, weights
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--trainer.enable_checkpointing", "false", "--trainer.logger", "false"]
+
+
+
+@pytest.fixture(autouse=True)
+def _seed_environment(monkeypatch):
+    """The CLI seeds (seed_everything sets PL_GLOBAL_SEED/PL_SEED_WORKERS); other tests must not see that."""
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def cli_program(L: Any, tmp_path: Any, args: list | dict, run: bool = True, **cli_kwargs: Any) -> dict[str, Any]:
@@ -87,7 +96,7 @@ def test_fit_from_args_builds_and_trains_the_same(tmp_path):
     a, b = run_both(cli_program, tmp_path=tmp_path, args=args)
     _assert_same(a, b)
     assert b["hparams"] == {"hidden": 6, "activation": "tanh", "lr": 0.1}
-    assert b["data_hparams"] == {"batch_size": 4, "samples": 24}
+    assert b["data_hparams"] == {"batch_size": 4, "samples": 16}
     assert b["settings"] == {"max_epochs": 2, "max_steps": -1, "limit_train_batches": 4, "limit_val_batches": 2,
                              "accumulate_grad_batches": 2, "check_val_every_n_epoch": 1, "global_step": 4,
                              "current_epoch": 2}
@@ -126,16 +135,16 @@ def test_config_file_and_trainer_defaults_match(tmp_path):
 def test_run_false_with_a_dict_and_subclass_mode_match(tmp_path):
     def program(L: Any, tmp_path: Any) -> dict[str, Any]:
         classes(L)
-        args = {"model": {"class_path": f"cli_classes.Model_{L.__name__}", "init_args": {"hidden": 3}},
-                "data": {"class_path": f"cli_classes.Data_{L.__name__}"},
+        args = {"model": {"class_path": f"cli_app.models.Regressor_{L.__name__}", "init_args": {"hidden": 3}},
+                "data": {"class_path": f"cli_app.models.Numbers_{L.__name__}"},
                 "trainer": {"max_epochs": 4, "accumulate_grad_batches": 3, "limit_val_batches": 0.25}, "seed_everything": 11}
         return cli_program(L, tmp_path, args, run=False, subclass_mode_model=True, subclass_mode_data=True,
                            trainer_defaults={"limit_train_batches": 0.5})
     a, b = run_both(program, tmp_path=tmp_path)
     _assert_same(a, b)
     assert b["subcommand"] is None
-    assert b["model_class"] == "Model"
-    assert b["hparams"] == {"_class_path": "cli_classes.Model_L", "hidden": 3, "activation": "relu", "lr": 0.1}
-    assert b["data_hparams"] == {"_class_path": "cli_classes.Data_L", "batch_size": 4, "samples": 24}
+    assert b["model_class"] == "Regressor"
+    assert b["hparams"] == {"_class_path": "cli_app.models.Regressor_L", "hidden": 3, "activation": "relu", "lr": 0.1}
+    assert b["data_hparams"] == {"_class_path": "cli_app.models.Numbers_L", "batch_size": 4, "samples": 16}
     assert b["settings"]["max_epochs"] == 4 and b["settings"]["accumulate_grad_batches"] == 3
     assert b["settings"]["limit_train_batches"] == 0.5 and b["settings"]["global_step"] == 0

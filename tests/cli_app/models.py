@@ -1,7 +1,7 @@
-"""A model and a datamodule with type-hinted arguments, built on either framework for the CLI parity tests.
+"""A model and a datamodule with type-hinted arguments, built on either framework (the CLI tests).
 
-``classes(L)`` defines them on ``L`` and registers them here under ``Model_<framework>`` /
-``Data_<framework>``, so a config can name them by import path (subclass mode needs that).
+``classes(L)`` defines them on ``L`` and registers them here as ``Regressor_<framework>`` /
+``Numbers_<framework>``, so a config can name them by import path (subclass mode needs that).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def classes(L: Any) -> tuple[type, type]:
     if name in _BUILT:
         return _BUILT[name]
 
-    class Model(L.LightningModule):
+    class Regressor(L.LightningModule):
         def __init__(self, hidden: int = 8, activation: Literal["relu", "tanh"] = "relu", lr: float = 0.1) -> None:
             super().__init__()
             self.save_hyperparameters()
@@ -36,11 +36,18 @@ def classes(L: Any) -> tuple[type, type]:
             x, y = batch
             self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
 
+        def test_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("test_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+        def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.net(batch[0])
+
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
-    class Data(L.LightningDataModule):
-        def __init__(self, batch_size: int = 4, samples: int = 24) -> None:
+    class Numbers(L.LightningDataModule):
+        def __init__(self, batch_size: int = 4, samples: int = 16) -> None:
             super().__init__()
             self.save_hyperparameters()
 
@@ -55,10 +62,16 @@ def classes(L: Any) -> tuple[type, type]:
         def val_dataloader(self) -> DataLoader:
             return self._loader(1)
 
+        def test_dataloader(self) -> DataLoader:
+            return self._loader(2)
+
+        def predict_dataloader(self) -> DataLoader:
+            return self._loader(3)
+
     module = sys.modules[__name__]
-    for cls, kind in ((Model, "Model"), (Data, "Data")):
+    for cls, kind in ((Regressor, "Regressor"), (Numbers, "Numbers")):
         cls.__name__ = cls.__qualname__ = f"{kind}_{name}"
         cls.__module__ = __name__
         setattr(module, cls.__name__, cls)
-    _BUILT[name] = (Model, Data)
-    return Model, Data
+    _BUILT[name] = (Regressor, Numbers)
+    return Regressor, Numbers
