@@ -146,21 +146,25 @@ class LightningCLI:
         self.trainer_class = trainer_class
         self.trainer_defaults = trainer_defaults or {}
         self.seed_everything_default = seed_everything_default
+        self.parser_kwargs = parser_kwargs or {}
         self.parser_class = parser_class or parsing.LightningArgumentParser
         self.auto_configure_optimizers = auto_configure_optimizers
         self.load_from_checkpoint_support = load_from_checkpoint_support
-        # No class given: any subclass, named on the command line or in the config (class_path).
-        self.model_class = model_class or LightningModule
+        # model_class/datamodule_class stay as given (None too); the parser takes the *_base class, and with
+        # no class given any subclass of it, named in the config (class_path) or on the command line.
+        self.model_class, self.datamodule_class = model_class, datamodule_class
+        self.model_base = model_class or LightningModule
+        self.datamodule_base = datamodule_class or LightningDataModule
         self.subclass_mode_model = model_class is None or subclass_mode_model
-        self.datamodule_class = datamodule_class or LightningDataModule
         self.subclass_mode_data = datamodule_class is None or subclass_mode_data
-        self._datamodule_given = datamodule_class is not None
 
-        main_kwargs, subparser_kwargs = self._split_parser_kwargs(parser_kwargs or {})
+        main_kwargs, subparser_kwargs = self._split_parser_kwargs(self.parser_kwargs)
         self.setup_parser(run, main_kwargs, subparser_kwargs)
         if load_from_checkpoint_support:
             self._add_instantiators()
         self.parse_arguments(self.parser, args)
+        if load_from_checkpoint_support:
+            self._config_from_checkpoint()
         self.subcommand = self.config["subcommand"] if run else None
         self._set_seed()
         self.before_instantiate_classes()
@@ -203,10 +207,10 @@ class LightningCLI:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         # Callbacks in trainer_defaults are added to the user's at instantiation, never replaced by them.
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        parser.add_lightning_class_args(self.model_class, "model", subclass_mode=self.subclass_mode_model)
-        if self.datamodule_class is not None:
-            parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data,
-                                            required=self._datamodule_given)
+        parser.add_lightning_class_args(self.model_base, "model", subclass_mode=self.subclass_mode_model)
+        # Not required without a datamodule class: the model may bring its own *_dataloader methods.
+        parser.add_lightning_class_args(self.datamodule_base, "data", subclass_mode=self.subclass_mode_data,
+                                        required=self.datamodule_class is not None)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         """Override to add arguments, link them (``parser.link_arguments``) or set defaults."""
@@ -250,7 +254,30 @@ class LightningCLI:
         if args is not None and len(sys.argv) > 1:
             rank_zero_warn("LightningCLI(args=...) is given and the command line has arguments too "
                            f"({sys.argv[1:]}); ember parses args and ignores the command line.")
-        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+        from jsonargparse import Namespace
+
+        as_config = isinstance(args, (dict, Namespace))
+        self.config = parser.parse_object(args) if as_config else parser.parse_args(args)
+
+    def _config_from_checkpoint(self) -> None:
+        """``validate/test/predict/fit --ckpt_path x.ckpt``: the model's arguments are those it was trained with.
+
+        A checkpoint of a CLI-built model holds its config as hparams; they replace the model section, so
+        ``python train.py test --ckpt_path x.ckpt`` builds the trained architecture without its config file.
+        """
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not os.path.isfile(path):
+            return
+        from .checkpoint import load_file
+
+        hparams = dict(load_file(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def _parser(self, subcommand: str | None) -> Any:
         return self.parser if subcommand is None else self.parser.subcommand_parsers[subcommand]
@@ -270,8 +297,8 @@ class LightningCLI:
 
     def _add_instantiators(self) -> None:
         # The model and datamodule are built through _RecordingInstantiator, so their hparams are the config.
-        for key, cls, subclasses in (("model", self.model_class, self.subclass_mode_model),
-                                     ("data", self.datamodule_class, self.subclass_mode_data)):
+        for key, cls, subclasses in (("model", self.model_base, self.subclass_mode_model),
+                                     ("data", self.datamodule_base, self.subclass_mode_data)):
             base = LightningModule if key == "model" else LightningDataModule
             self.parser.add_instantiator(_RecordingInstantiator(self, key), _module_base(cls, base),
                                          subclasses=subclasses)
@@ -306,6 +333,10 @@ class LightningCLI:
         callbacks, those of ``trainer_defaults`` and the SaveConfigCallback."""
         parser = self._parser(self.subcommand)
         settings = {**self._get(self.config_init, "trainer", {}), **kwargs}
+        if "callbacks" not in settings:  # a trainer_class without a callbacks argument
+            rank_zero_warn(f"{self.trainer_class!r} takes no `callbacks`; LightningCLI adds no SaveConfigCallback "
+                           "or trainer_defaults callbacks to it.")
+            return self.trainer_class(**settings)
         callbacks = settings.get("callbacks")
         callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
         callbacks += [self._get(self.config_init, key) for key in parser.callback_keys]
@@ -435,7 +466,7 @@ def _module_base(cls: Any, default: type) -> type:
 def _check_arguments(seed: Any, args: Any, save_config_callback: Any) -> None:
     if not isinstance(seed, (bool, int)):
         raise TypeError(f"LightningCLI(seed_everything_default={seed!r}): expected True, False or an int seed.")
-    if args is not None and not isinstance(args, (list, tuple, dict)) and type(args).__name__ != "Namespace":
+    if args is not None and not isinstance(args, (list, tuple, dict)) and not hasattr(args, "as_dict"):
         raise TypeError(f"LightningCLI(args={args!r}): expected a list of strings (as on the command line), a dict "
                         "(as in a config file) or None (read sys.argv).")
     if save_config_callback is not None and not (isinstance(save_config_callback, type)

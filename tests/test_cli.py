@@ -70,19 +70,21 @@ def test_script_and_python_m_entry_points_train_and_test_from_a_config_file(tmp_
     assert state["hyper_parameters"] == {"hidden": 6, "activation": "tanh", "lr": 0.1,
                                          "_instantiator": "ember.cli.instantiate_module"}
 
-    test = run_python("-m", "cli_app.train", "test", "--config", str(config), "--ckpt_path", str(ckpt), cwd=TESTS)
+    # No config file: the model's arguments come from the checkpoint it was trained to (hidden=6, tanh).
+    test = run_python("-m", "cli_app.train", "test", "--ckpt_path", str(ckpt), "--trainer.default_root_dir",
+                      str(tmp_path / "test"), cwd=TESTS)
     assert test.returncode == 0, test.stderr
     reloaded = Regressor.load_from_checkpoint(ckpt)
     expected = _test_loss(reloaded, Numbers(batch_size=4))
     printed = float(re.search(r"test_loss\W+([0-9.e-]+)", test.stdout).group(1))
     assert printed == pytest.approx(expected, rel=1e-4)  # the table rounds
-    assert (tmp_path / "run" / "version_1" / "config.yaml").exists()  # test got its own log dir and config
+    saved = yaml.safe_load((tmp_path / "test" / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert saved["model"] == {"hidden": 6, "activation": "tanh", "lr": 0.1}
 
 
 def _test_loss(model: Regressor, data: Numbers) -> float:
     model.eval()
     with torch.no_grad():
-        x, y = next(iter(data.test_dataloader()))
         losses = [torch.nn.functional.mse_loss(model.net(x), y) for x, y in data.test_dataloader()]
     return float(torch.stack(losses).mean())
 
