@@ -346,7 +346,7 @@ class LightningCLI:
             config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
             callbacks.append(self.save_config_callback(parser, config, **self.save_config_kwargs))
         settings["callbacks"] = callbacks
-        return self.trainer_class(**settings)
+        return _build_trainer(self.trainer_class, settings)
 
     def _inject_configure_optimizers(self) -> None:
         """``--optimizer``/``--lr_scheduler`` given: the model's configure_optimizers returns them instead."""
@@ -461,6 +461,19 @@ def _module_base(cls: Any, default: type) -> type:
 
     returned = inspect.signature(cls).return_annotation
     return returned if isinstance(returned, type) else default
+
+
+def _build_trainer(trainer_class: Any, settings: dict[str, Any]) -> Any:
+    """The Trainer; a setting it refuses ("Trainer(precision=17) is not known ...") is named as its flag too."""
+    try:
+        return trainer_class(**settings)
+    except (ValueError, TypeError) as err:
+        import re
+
+        named = re.match(r"Trainer\((\w+)=", str(err))
+        if type(err) not in (ValueError, TypeError) or named is None:
+            raise
+        raise type(err)(f"--trainer.{named.group(1)}: {err}") from err
 
 
 def _check_arguments(seed: Any, args: Any, save_config_callback: Any) -> None:

@@ -57,18 +57,35 @@ def _bad_subcommand(parser: Any, found: re.Match, message: str) -> str:
 
 
 def _bad_value(parser: Any, found: re.Match, message: str) -> str:
-    key = found.group(1)
-    flag = f"--{key}"
-    injected = re.search(r"Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted", message)
-    if injected:
-        return _bad_init_arg(flag, injected.group(1), injected.group(2), message)
+    return _explain_value(f"--{found.group(1)}", message)
+
+
+def _explain_value(flag: str, message: str) -> str:
+    # A class was chosen (--optimizer Adam) and one of its own arguments is wrong: explain that argument.
+    nested = re.search(r"Problem with given class_path '([^']+)':\s*", message)
+    if nested:
+        class_path, inner = nested.group(1), _item_body(message, nested)
+        option = re.match(r"Option '([^']+)' is not accepted", inner)
+        if option:
+            return _bad_init_arg(flag, class_path, option.group(1), message)
+        required = re.match(r"the following arguments are required: ([\w., ]+)", inner)
+        if required:
+            names = [n.strip() for n in required.group(1).split(",")]
+            flags = " and ".join(f"{flag}.{n}" for n in names)
+            return f"{class_path} needs {flags}; give {' '.join(f'{flag}.{n} VALUE' for n in names)}."
+        inner_key = re.match(r'Parser key "([^"]+)":', inner)
+        if inner_key:
+            return _explain_value(f"{flag}.{inner_key.group(1)}", inner[inner_key.end():])
     missing_file = re.search(r"File does not exist: '([^']+)'", message)
     if missing_file:
         return f"{flag} got a file that does not exist: {missing_file.group(1)}."
     value = _given_value(message)
     got = f"got {value!r}" if value is not None else "got a value it does not accept"
-    if re.search(r"Expected a dot import path string|Import path .* does not|not a subclass of", message):
-        subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+    subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+    plain_types = re.findall(r"<class '(int|float|str|bool)'>", subtypes.group(1) if subtypes else message)
+    if not plain_types and re.search(r"Expected a dot import path string|Import path .* does not|not a subclass of",
+                                     message):
+        # a class-typed argument (an optimizer, a callback, a subclass-mode model): name its subclasses
         bases = [b for b in re.findall(r"([\w]+(?:\.[\w]+)+)", subtypes.group(1) if subtypes else "")
                  if b != "NoneType"]
         base_name = bases[0] if bases else "the expected base class"
@@ -93,6 +110,18 @@ def _bad_init_arg(flag: str, class_path: str, option: str, message: str) -> str:
             f"{hint}".rstrip())
 
 
+def _item_body(message: str, found: re.Match) -> str:
+    """The text of one item of jsonargparse's error list: the lines indented deeper than the item's own."""
+    line_start = message.rfind("\n", 0, found.start()) + 1
+    indent = len(message[line_start:found.start()]) - len(message[line_start:found.start()].lstrip())
+    body = [message[found.end():].split("\n", 1)[0]]
+    for line in message[found.end():].split("\n")[1:]:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        body.append(line)
+    return "\n".join(body).strip()
+
+
 def _given_value(message: str) -> str | None:
     found = re.search(r"(?:Given value|Got value): (.*?)\s*$", message, re.M)
     return found.group(1) if found else None
@@ -102,9 +131,20 @@ def _allowed_types(message: str) -> str:
     literal = re.search(r"Literal\[(.*?)\]", message)
     if literal:
         return "one of " + literal.group(1)
-    names = re.findall(r"<class '(?:[\w]+\.)*(\w+)'>", message.split("Given value type")[0])
+    subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+    listed = subtypes.group(1) if subtypes else message.split("Given value type")[0]
+    names = re.findall(r"<class '(?:[\w]+\.)*(\w+)'>", listed)
     words = list(dict.fromkeys(_TYPE_WORDS.get(n, f"a {n}") for n in names))
     return " or ".join(words)
+
+
+def _required(parser: Any, found: re.Match, message: str) -> str:
+    keys = [k.strip() for k in found.group(1).split(",")]
+    subcommands = getattr(parser, "subcommand_parsers", {})
+    flags = [f"--{k.split('.', 1)[1] if k.split('.', 1)[0] in subcommands else k}" for k in keys]
+    shown = " and ".join(flags)
+    return (f"{shown} {'is' if len(flags) == 1 else 'are'} required and not given; name a class on the command "
+            f"line ({flags[0]}=MyClass) or as class_path in a config file. {_help_tip(parser)}")
 
 
 def _flags(parser: Any) -> list[str]:
@@ -165,4 +205,5 @@ _RULES = [
     (r"Subcommand '(\w+)' does not accept option '([^']+)'", _unknown_config_key),
     (r"argument subcommand: invalid choice: '([^']*)' \(choose from (.*)\)", _bad_subcommand),
     (r'Parser key "([^"]+)"', _bad_value),
+    (r"the following arguments are required: ([\w., ]+)", _required),
 ]

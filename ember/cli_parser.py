@@ -109,12 +109,14 @@ class LightningArgumentParser(jsonargparse.ArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> Any:
         """jsonargparse's error, reworded to name the flag, the value it got and what is allowed.
 
-        On the command line it prints that one message (no fifty-line usage block) and exits with 2, as
-        argparse does; with ``exit_on_error=False`` it raises ``ArgumentError`` with the same text.
+        It prints that one message (no fifty-line usage block) and exits with 2, as argparse does; a parser
+        made with ``exit_on_error=False`` raises jsonargparse's error unchanged.
         """
-        text = explain(self, message)
         if not self.exit_on_error:
-            raise jsonargparse.ArgumentError(None, text)
+            # jsonargparse's inner parsers (one per chosen class) raise; their text is nested into the outer
+            # message, which is reworded once, where it is shown.
+            return super().error(message, ex)
+        text = explain(self, message)
         sys.stderr.write(f"{self.prog}: error: {text}\n")
         sys.exit(2)
 

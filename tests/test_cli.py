@@ -39,7 +39,7 @@ def run_python(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
 def cli_error(capsys: Any, args: list, model: Any = Regressor) -> str:
     """The one-line message a bad ``args`` gets; the CLI exits with 2 as argparse does."""
     with pytest.raises(SystemExit) as exit_info:
-        LightningCLI(model, Numbers, args=args)
+        LightningCLI(model, Numbers if model is not None else None, args=args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "usage:" not in err  # the error alone, not under a fifty-line usage block
@@ -172,6 +172,21 @@ def test_unknown_flags_and_classes_suggest_the_close_ones(capsys):
         "unexpected argument 'stray': every value needs a flag before it")
 
 
+def test_arguments_of_a_chosen_class_are_named_with_their_full_flag(capsys):
+    assert cli_error(capsys, ["fit", "--optimizer", "Adam", "--optimizer.lr", "fast"]) == \
+        "--optimizer.lr got 'fast'; allowed: a float or a Tensor."
+    assert cli_error(capsys, ["fit", "--lr_scheduler", "StepLR"]) == \
+        "torch.optim.lr_scheduler.StepLR needs --lr_scheduler.step_size; give --lr_scheduler.step_size VALUE."
+    assert cli_error(capsys, ["fit", "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.patience", "x"]) == \
+        "--trainer.callbacks.patience got 'x'; allowed: an int."
+    assert cli_error(capsys, ["fit", "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.patiense", "3"]) \
+        .endswith("has no argument 'patiense'; allowed: monitor, min_delta, patience, verbose, mode, strict, "
+                  "check_finite, stopping_threshold, divergence_threshold, check_on_train_epoch_end, "
+                  "log_rank_zero_only. Did you mean 'patience'?")
+    assert cli_error(capsys, ["fit"], model=None).startswith(
+        "--model is required and not given; name a class on the command line (--model=MyClass)")
+
+
 def test_config_file_errors_name_the_key(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_epochz: 3\n")
@@ -180,6 +195,11 @@ def test_config_file_errors_name_the_key(capsys, tmp_path):
         "Did you mean --trainer.max_epochs")
     assert cli_error(capsys, ["fit", "--config", str(tmp_path / "missing.yaml")]) == \
         f"--config got a file that does not exist: {tmp_path / 'missing.yaml'}."
+
+
+def test_a_setting_the_trainer_refuses_is_named_as_its_flag():
+    with pytest.raises(ValueError, match=r"^--trainer.precision: Trainer\(precision=17\) is not known; allowed: "):
+        LightningCLI(Regressor, Numbers, args=["fit", "--trainer.precision", "17"])
 
 
 def test_bad_lightningcli_arguments_raise_before_parsing():
