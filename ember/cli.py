@@ -26,6 +26,8 @@ from .trainer import Trainer
 from .utilities.rank_zero import rank_zero_warn
 from .utilities.seed import seed_everything
 
+# link_to="AUTOMATIC": LightningCLI injects the optimizer/scheduler into the model's configure_optimizers.
+AUTOMATIC = "AUTOMATIC"
 INSTALL_HINT = 'LightningCLI needs jsonargparse, which ember does not install by default: pip install "ember[cli]"'
 
 
@@ -247,7 +249,7 @@ class LightningCLI:
     def link_optimizers_and_lr_schedulers(parser: Any) -> None:
         """An optimizer/scheduler registered with ``link_to="model.x"`` becomes that init argument."""
         for key, (classes, link_to) in {**parser.optimizer_args, **parser.lr_scheduler_args}.items():
-            if link_to != "AUTOMATIC":
+            if link_to != AUTOMATIC:
                 parser.link_arguments(key, link_to, compute_fn=partial(_with_class_path, classes))
 
     def parse_arguments(self, parser: Any, args: ArgsType) -> None:
@@ -353,8 +355,8 @@ class LightningCLI:
         if not self.auto_configure_optimizers:
             return
         parser = self._parser(self.subcommand)
-        optimizer_keys = [k for k, (_, link) in parser.optimizer_args.items() if link == "AUTOMATIC"]
-        scheduler_keys = [k for k, (_, link) in parser.lr_scheduler_args.items() if link == "AUTOMATIC"]
+        optimizer_keys = [k for k, (_, link) in parser.optimizer_args.items() if link == AUTOMATIC]
+        scheduler_keys = [k for k, (_, link) in parser.lr_scheduler_args.items() if link == AUTOMATIC]
         if len(optimizer_keys) > 1 or len(scheduler_keys) > 1:
             raise ValueError(f"LightningCLI can inject one optimizer and one scheduler into configure_optimizers; "
                              f"add_arguments_to_parser registered optimizers {optimizer_keys} and schedulers "
@@ -367,8 +369,8 @@ class LightningCLI:
         if is_overridden(self.model, "configure_optimizers", LightningModule):
             rank_zero_warn(f"`{type(self.model).__name__}.configure_optimizers` will be overridden by "
                            "`LightningCLI.configure_optimizers` (the --optimizer/--lr_scheduler given).")
-        optimizer = _build(optimizer_init, self.model.parameters())
-        scheduler = _build(scheduler_init, optimizer) if scheduler_init else None
+        optimizer = instantiate_class(self.model.parameters(), optimizer_init)
+        scheduler = instantiate_class(optimizer, scheduler_init) if scheduler_init else None
         injected = partial(self.configure_optimizers, optimizer=optimizer, lr_scheduler=scheduler)
         update_wrapper(injected, self.model.configure_optimizers)
         self.model.configure_optimizers = MethodType(injected, self.model)
@@ -489,7 +491,7 @@ def _check_arguments(seed: Any, args: Any, save_config_callback: Any) -> None:
 
 
 def _with_class_path(classes: Any, init: Any) -> Any:
-    """A config for a single registered class given without ``class_path`` gets it, so ``_build`` can import it."""
+    """A config for a single registered class given without ``class_path`` gets it, so ``instantiate_class`` can import it."""
     if isinstance(classes, tuple) or not init:
         return init
     init = _plain(init)
@@ -498,13 +500,18 @@ def _with_class_path(classes: Any, init: Any) -> Any:
     return {"class_path": f"{classes.__module__}.{classes.__qualname__}", "init_args": init}
 
 
-def _build(config: Any, first: Any) -> Any:
-    """``class_path``/``init_args`` config -> the object, with ``first`` (parameters or optimizer) in front."""
+def instantiate_class(args: Any, init: dict[str, Any]) -> Any:
+    """The object a ``class_path``/``init_args`` config describes, with ``args`` (one value or a tuple) first.
+
+    For optimizers linked into a model (``add_optimizer_args(..., link_to="model.optimizer_init")``): the
+    model receives the config and calls ``instantiate_class(self.parameters(), optimizer_init)``.
+    """
     import importlib
 
-    module_name, _, class_name = config["class_path"].rpartition(".")
+    module_name, _, class_name = init["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(first, **_plain(config.get("init_args") or {}))
+    positional = args if isinstance(args, tuple) else (args,)
+    return cls(*positional, **_plain(init.get("init_args") or {}))
 
 
 def _plain(config: Any) -> dict[str, Any]:

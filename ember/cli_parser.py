@@ -12,6 +12,7 @@ import jsonargparse
 import torch
 
 from .callbacks.callback import Callback
+from .cli import AUTOMATIC, LR_SCHEDULER_TYPES
 from .cli_errors import explain
 from .datamodule import LightningDataModule
 from .module import LightningModule
@@ -32,8 +33,6 @@ def load_stock_classes() -> None:
             getattr(package, name)
 
 
-# "AUTOMATIC": LightningCLI injects the optimizer/scheduler into the model's configure_optimizers.
-AUTOMATIC = "AUTOMATIC"
 _LIGHTNING_CLASSES = (Trainer, LightningModule, LightningDataModule, Callback)
 
 
@@ -85,8 +84,6 @@ class LightningArgumentParser(jsonargparse.ArgumentParser):
     def add_lr_scheduler_args(self, lr_scheduler_class: Any = None, nested_key: str = "lr_scheduler",
                               link_to: str = AUTOMATIC) -> None:
         """``--lr_scheduler``: like ``add_optimizer_args``; the default takes any torch scheduler."""
-        from .cli import LR_SCHEDULER_TYPES
-
         lr_scheduler_class = LR_SCHEDULER_TYPES if lr_scheduler_class is None else lr_scheduler_class
         self._add_injected_args(lr_scheduler_class, LR_SCHEDULER_TYPES, nested_key, link_to, "optimizer",
                                 self.lr_scheduler_args)

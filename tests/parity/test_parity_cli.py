@@ -5,6 +5,7 @@ import importlib
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from cli_app.models import classes
 from parity_harness import assert_same_weights, run_both, weights
@@ -148,3 +149,34 @@ def test_run_false_with_a_dict_and_subclass_mode_match(tmp_path):
     assert b["data_hparams"] == {"_class_path": "cli_app.models.Numbers_L", "batch_size": 4, "samples": 16}
     assert b["settings"]["max_epochs"] == 4 and b["settings"]["accumulate_grad_batches"] == 3
     assert b["settings"]["limit_train_batches"] == 0.5 and b["settings"]["global_step"] == 0
+
+
+def test_optimizer_linked_into_the_model_with_link_to_matches(tmp_path):
+    def program(L: Any, tmp_path: Any) -> dict[str, Any]:
+        cli_module = importlib.import_module(f"{L.__name__}.pytorch.cli")
+        Regressor, Numbers = classes(L)
+
+        class LinkedRegressor(Regressor):
+            def __init__(self, optimizer_init: dict, hidden: int = 8) -> None:
+                super().__init__(hidden=hidden)
+                self.optimizer_init = optimizer_init
+
+            def configure_optimizers(self) -> Any:
+                return cli_module.instantiate_class(self.parameters(), self.optimizer_init)
+
+        class LinkingCLI(cli_module.LightningCLI):
+            def add_arguments_to_parser(self, parser: Any) -> None:
+                parser.add_optimizer_args(torch.optim.Adam, link_to="model.optimizer_init")
+
+        cli = LinkingCLI(LinkedRegressor, Numbers, args=[
+            "fit", "--seed_everything", "3", "--optimizer.lr", "0.02", "--trainer.max_epochs", "1",
+            "--trainer.default_root_dir", str(tmp_path / L.__name__), *QUIET])
+        (optimizer,) = cli.trainer.optimizers
+        return {"optimizer": (type(optimizer).__name__, optimizer.param_groups[0]["lr"]),
+                "init": cli.model.optimizer_init, "steps": cli.trainer.global_step, "weights": weights(cli.model)}
+
+    a, b = run_both(program, tmp_path=tmp_path)
+    assert_same_weights(a.pop("weights"), b.pop("weights"))
+    assert a == b
+    assert b["optimizer"] == ("Adam", 0.02) and b["steps"] == 4
+    assert b["init"]["class_path"] == "torch.optim.adam.Adam" and b["init"]["init_args"]["lr"] == 0.02
