@@ -1,7 +1,9 @@
 """LightningCLI: the same ``args=[...]`` builds the same model, datamodule and Trainer under both frameworks."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from typing import Any
 
 import pytest
@@ -180,3 +182,21 @@ def test_optimizer_linked_into_the_model_with_link_to_matches(tmp_path):
     assert a == b
     assert b["optimizer"] == ("Adam", 0.02) and b["steps"] == 4
     assert b["init"]["class_path"] == "torch.optim.adam.Adam" and b["init"]["init_args"]["lr"] == 0.02
+
+
+def test_a_bad_value_exits_2_under_both_and_ember_says_it_in_one_line(tmp_path):
+    def program(L: Any, tmp_path: Any) -> dict[str, Any]:
+        cli_module = importlib.import_module(f"{L.__name__}.pytorch.cli")
+        Regressor, Numbers = classes(L)
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_info:
+            cli_module.LightningCLI(Regressor, Numbers, args=["fit", "--trainer.max_epochs", "three"])
+        return {"code": exit_info.value.code, "stderr": stderr.getvalue().splitlines()}
+
+    a, b = run_both(program, tmp_path=tmp_path)
+    assert a["code"] == b["code"] == 2
+    # On purpose: Lightning shows jsonargparse's usage block and nested Union report (#19714); ember one line.
+    assert any(line.startswith("usage:") for line in a["stderr"]) and len(a["stderr"]) > 40
+    assert "  Given value: three" in a["stderr"]
+    assert len(b["stderr"]) == 1
+    assert b["stderr"][0].endswith("fit: error: --trainer.max_epochs got 'three'; allowed: an int or null.")
