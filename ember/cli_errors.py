@@ -12,9 +12,8 @@ import inspect
 import re
 from typing import Any
 
-import torch
-
-_BASES = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+# A well-known subclass to show in "name the class first" (by the base class's name).
+_EXAMPLE_SUBCLASS = {"Optimizer": "Adam", "LRScheduler": "StepLR", "Callback": "EarlyStopping", "Logger": "CSVLogger"}
 _TYPE_WORDS = {"int": "an int", "float": "a float", "str": "a string", "bool": "true or false", "NoneType": "null",
                "dict": "a mapping", "list": "a list", "Path": "a path"}
 
@@ -98,11 +97,15 @@ def _explain_value(flag: str, message: str) -> str:
 
 
 def _bad_init_arg(flag: str, class_path: str, option: str, message: str) -> str:
-    owner_flag = flag.rsplit(".", 1)[0] if flag.count(".") else flag
     cls = _import(class_path)
-    if cls is not None and cls in _BASES:  # --optimizer.lr before --optimizer Adam: no class chosen yet
-        return (f"{flag}.{option} was given before a class for {owner_flag}: name the class first, e.g. "
-                f"{owner_flag} Adam {flag}.{option} ..., or give class_path/init_args in the config.")
+    subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+    listed = subtypes.group(1) if subtypes else ""
+    if cls is not None and cls in [_import(p) for p in re.findall(r"[\w]+(?:\.[\w]+)+", listed)]:
+        # the argument's own base class: --optimizer.lr came before any --optimizer Adam
+        example = _EXAMPLE_SUBCLASS.get(cls.__name__, "ClassName")
+        choose = f"{flag}+={example}" if "list[" in listed else f"{flag} {example}"
+        return (f"{flag}.{option} was given before a class for {flag}: name the class first, e.g. "
+                f"{choose} {flag}.{option} ..., or give class_path/init_args in the config.")
     params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params", "optimizer")] \
         if cls is not None else []
     hint = _closest(option, params, quote=True)
@@ -143,8 +146,11 @@ def _required(parser: Any, found: re.Match, message: str) -> str:
     subcommands = getattr(parser, "subcommand_parsers", {})
     flags = [f"--{k.split('.', 1)[1] if k.split('.', 1)[0] in subcommands else k}" for k in keys]
     shown = " and ".join(flags)
-    return (f"{shown} {'is' if len(flags) == 1 else 'are'} required and not given; name a class on the command "
-            f"line ({flags[0]}=MyClass) or as class_path in a config file. {_help_tip(parser)}")
+    if "." in flags[0]:  # an __init__ argument without a default
+        how = f"give {' '.join(f + ' VALUE' for f in flags)}, or set it in a config file"
+    else:  # a whole class (subclass mode, no class given)
+        how = f"name a class on the command line ({flags[0]}=MyClass) or as class_path in a config file"
+    return f"{shown} {'is' if len(flags) == 1 else 'are'} required and not given; {how}. {_help_tip(parser)}"
 
 
 def _flags(parser: Any) -> list[str]:

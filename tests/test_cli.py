@@ -185,6 +185,19 @@ def test_arguments_of_a_chosen_class_are_named_with_their_full_flag(capsys):
                   "log_rank_zero_only. Did you mean 'patience'?")
     assert cli_error(capsys, ["fit"], model=None).startswith(
         "--model is required and not given; name a class on the command line (--model=MyClass)")
+    assert cli_error(capsys, ["fit", "--trainer.callbacks.patience", "3"]) == (
+        "--trainer.callbacks.patience was given before a class for --trainer.callbacks: name the class first, "
+        "e.g. --trainer.callbacks+=EarlyStopping --trainer.callbacks.patience ..., or give class_path/init_args "
+        "in the config.")
+
+
+def test_a_required_init_argument_is_named(capsys):
+    class NeedsClasses(Regressor):
+        def __init__(self, num_classes: int, hidden: int = 8) -> None:
+            super().__init__(hidden=hidden)
+
+    assert cli_error(capsys, ["fit"], model=NeedsClasses).startswith(
+        "--model.num_classes is required and not given; give --model.num_classes VALUE, or set it in a config file.")
 
 
 def test_config_file_errors_name_the_key(capsys, tmp_path):
