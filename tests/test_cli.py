@@ -121,7 +121,7 @@ def test_readme_example_runs_as_written(tmp_path):
     assert out.returncode == 0, out.stderr
     log_dir = tmp_path / "lightning_logs" / "version_0"
     assert yaml.safe_load((log_dir / "config.yaml").read_text())["model"] == {"hidden": 32, "lr": 0.05}
-    # the checkpoint the README's validate line names: 64 samples / 16 = 4 batches, 3 epochs
+    # the checkpoint the README's resume line names: 64 samples / 16 = 4 batches, 3 epochs
     ckpt = log_dir / "checkpoints" / "epoch=2-step=12.ckpt"
     assert "lightning_logs/version_0/checkpoints/epoch=2-step=12.ckpt" in section and ckpt.exists()
     assert torch.load(ckpt, weights_only=False)["global_step"] == 12
