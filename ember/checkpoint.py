@@ -837,7 +837,7 @@ def _save_preemption_checkpoint(trainer: Any) -> str:
 def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, hparams_file: Any = None,
                                 strict: bool | None = None, weights_only: bool | None = None, **overrides: Any) -> Any:
     """Build ``cls`` from the checkpoint's hyper-parameters (``overrides`` win), then load its weights."""
-    from .hparams import init_kwargs, read_hparams_file
+    from .hparams import build_from_hparams, read_hparams_file
 
     path = os.fspath(path)
     ckpt = load_file(path, map_location=map_location or "cpu", weights_only=weights_only)
@@ -845,7 +845,7 @@ def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, 
     if hparams_file is not None:
         hparams.update(read_hparams_file(hparams_file))
     hparams.update(overrides)
-    module = cls(**init_kwargs(cls, hparams))
+    module = build_from_hparams(cls, hparams)
     module.on_load_checkpoint(ckpt)
     if strict is None:
         strict = getattr(module, "strict_loading", True)

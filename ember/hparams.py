@@ -11,9 +11,19 @@ import copy
 import inspect
 import os
 from argparse import Namespace
+from contextvars import ContextVar
 from typing import Any, Iterable
 
 import torch
+
+
+# Set while LightningCLI builds a model or datamodule: save_hyperparameters() then records the parsed
+# config (plain values, as in config.yaml) instead of the __init__ arguments, plus "_instantiator".
+GIVEN_HPARAMS: ContextVar[dict[str, Any] | None] = ContextVar("given_hparams", default=None)
+# The rebuilders a checkpoint's "_instantiator" may name; Lightning's CLI checkpoints name Lightning's.
+INSTANTIATORS = {"ember.cli.instantiate_module": "ember.cli.instantiate_module",
+                 "lightning.pytorch.cli.instantiate_module": "ember.cli.instantiate_module",
+                 "pytorch_lightning.cli.instantiate_module": "ember.cli.instantiate_module"}
 
 
 class AttributeDict(dict):
@@ -37,7 +47,8 @@ class HyperparametersMixin:
         self._log_hyperparams = logger  # the Trainer sends them to the loggers (Lightning's default: yes)
         ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
         frame = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
-        init_args = collect_init_args(frame, type(self))
+        given = GIVEN_HPARAMS.get()
+        init_args = dict(given) if given is not None else collect_init_args(frame, type(self))
         if args and all(isinstance(a, str) for a in args):
             chosen = {k: init_args[k] for k in args if k in init_args}
         elif len(args) == 1 and isinstance(args[0], (dict, Namespace)):
@@ -89,6 +100,20 @@ def collect_init_args(frame: Any, cls: type) -> dict[str, Any]:
             collected.update(local.get(kw_name, {}))
             collected.pop(kw_name, None)
     return collected
+
+
+def build_from_hparams(cls: type, hparams: dict[str, Any]) -> Any:
+    """``cls`` from saved hyper-parameters: through the CLI's rebuilder when a LightningCLI saved them."""
+    path = hparams.pop("_instantiator", None)
+    if path is None:
+        return cls(**init_kwargs(cls, hparams))
+    if path not in INSTANTIATORS:  # an import path from a file is code to run: only known ones
+        raise ValueError(f"The checkpoint's hyper-parameters name _instantiator={path!r}; ember only runs "
+                         f"{sorted(INSTANTIATORS)}. Remove the key if you trust the file.")
+    import importlib
+
+    module_name, _, name = INSTANTIATORS[path].rpartition(".")
+    return getattr(importlib.import_module(module_name), name)(cls, hparams)
 
 
 def init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:

@@ -17,24 +17,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from . import loop
 from .callbacks.callback import Callback
-from .callbacks.defaults import (checkpoints_last, is_checkpoint, is_early_stopping, is_progress_bar,
-                                 trainer_callbacks)
+from .callbacks.defaults import checkpoints_last, is_checkpoint, is_early_stopping, is_progress_bar, trainer_callbacks
 from .callbacks.lr_finder import TunerExit
 from .config import TRAINER_ATTRIBUTES, TrainerConfig
 from .data import RunLoaders
 from .datamodule import split_datamodule
 from .hooks import HookDispatcher, is_overridden
 from .logging import MetricStore, as_floats, print_eval_results
+from .loggers.base import Logger
 from .loggers.defaults import default_loggers
 from .module import LightningModule
-from .runtime import accelerator as _accelerator
-from .runtime import strategy as _strategy
+from .runtime import accelerator as _accelerator, strategy as _strategy
 from .runtime.precision import Precision, canonical
 from .state import FitState
 
@@ -64,7 +63,8 @@ class Trainer:
 
     def __init__(
         self, *, accelerator: str = "auto", strategy: Any = "auto", devices: Any = "auto", num_nodes: int = 1,
-        precision: Any = None, logger: Any = None, callbacks: Any = None, fast_dev_run: int | bool = False,
+        precision: Any = None, logger: Logger | Iterable[Logger] | bool | None = None,
+        callbacks: list[Callback] | Callback | None = None, fast_dev_run: int | bool = False,
         max_epochs: int | None = None, min_epochs: int | None = None, max_steps: int = -1,
         min_steps: int | None = None, max_time: Any = None, limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None, limit_test_batches: int | float | None = None,

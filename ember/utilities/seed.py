@@ -11,7 +11,12 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
     """Seed every RNG a training run uses; returns the seed. ``workers=True`` lets DataLoader workers derive theirs."""
     if seed is None:
         env = os.environ.get("PL_GLOBAL_SEED")
-        seed = int(env) if env is not None else random.randint(0, 2**32 - 1)
+        if env is None:
+            # Lightning 2.6's choice: an unseeded call is reproducible (0), with a warning that says so.
+            from .rank_zero import rank_zero_warn
+
+            rank_zero_warn("seed_everything(): no seed given and PL_GLOBAL_SEED is not set; the seed is 0.")
+        seed = int(env) if env is not None else 0
     seed = int(seed)
     if not 0 <= seed <= 2**32 - 1:
         raise ValueError(f"seed_everything(seed={seed}) is out of range; allowed: 0 to {2**32 - 1}.")
