@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import struct
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -95,10 +96,29 @@ def wandb_run_dirs(root: Any) -> list[str]:
     return sorted(glob.glob(os.path.join(str(root), "**", "offline-run-*"), recursive=True))
 
 
+def finished_records(run_dir: str, timeout: float = 120.0) -> list[Any]:
+    """The run's records once its ``exit`` record is on disk.
+
+    ``run.finish()`` can return while wandb's service process is still writing the log, so a test waits
+    for the last record rather than reading a file that is still growing.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(wandb_records(run_dir))
+        except Exception:  # a record cut in the middle: the writer is not done
+            records = []
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_dir}: no exit record after {timeout} s; the run was not finished")
+        time.sleep(0.02)
+
+
 def wandb_run(run_dir: str) -> dict[str, Any]:
-    """What an offline run recorded: its id/project/name, the config, the history rows and the artifacts."""
+    """What a finished offline run recorded: its id/project/name, the config, the history rows and the artifacts."""
     out: dict[str, Any] = {"config": {}, "history": [], "artifacts": []}
-    for record in wandb_records(run_dir):
+    for record in finished_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out.update(id=record.run.run_id, project=record.run.project, name=record.run.display_name)
