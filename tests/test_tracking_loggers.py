@@ -4,6 +4,7 @@ No test reaches a server: MLflow writes a file store in tmp_path, W&B runs offli
 """
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,43 @@ def test_wandb_bad_arguments_and_non_zero_rank(tmp_path, wandb_offline, monkeypa
     logger.experiment.log({"x": 1})  # a stand-in on other ranks
     logger.finalize("success")
     assert wandb_run_dirs(tmp_path) == [] and wandb.run is None
+
+
+# ----------------------------------------------------------------------------- README
+
+
+def _readme_blocks(section):
+    """The python code blocks of one '## ' section of README.md, in order."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_readme_loggers_examples_run_and_write_what_they_say(tmp_path, wandb_offline, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # the example sets MLFLOW_ALLOW_FILE_STORE itself; monkeypatch puts the variable back as it was afterwards
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    blocks = _readme_blocks("Loggers")
+    assert len(blocks) == 3
+    namespace = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for block in blocks:
+            exec(compile(block, "README.md", "exec"), namespace)
+    mlflow.set_tracking_uri(None)
+    printed = capsys.readouterr().out.splitlines()
+    assert "{'lr': '0.1'}" in printed
+    assert "['epoch=1-step=16']" in printed
+    steps = [line for line in printed if line.startswith("[(1, ")]
+    assert len(steps) == 1 and eval(steps[0])[-1][0] == 15  # 8 batches an epoch, a row every 2 steps
+    assert (tmp_path / "csv_logs" / "lightning_logs" / "version_0" / "metrics.csv").is_file()
+    tb_dir = tmp_path / "tb_logs" / "lightning_logs" / "version_0"
+    assert any(p.name.startswith("events.out.tfevents") for p in tb_dir.iterdir())
+    (run_dir,) = wandb_run_dirs(tmp_path / "wandb")
+    run = wandb_run(run_dir)
+    assert run["config"] == {"lr": 0.1} and run["project"] == "regression"
+    assert [r["trainer/global_step"] for r in run["history"] if "train_loss" in r] == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert run["history"][-1]["samples/nrows"] == 2

@@ -79,7 +79,7 @@ class WandbLogger(Logger):
         self._init_args: dict[str, Any] = {
             "name": name,
             "project": project or os.environ.get("WANDB_PROJECT", "lightning_logs"),
-            "dir": None if directory is None else os.fspath(directory),
+            "dir": None if directory is None else os.fspath(directory),  # what save_dir reports
             "id": version or id,
             "resume": "allow",
         }
@@ -110,7 +110,10 @@ class WandbLogger(Logger):
                               "wandb.finish() before building the logger to get a new one.", UserWarning, stacklevel=2)
                 self._experiment = wandb.run
             else:
-                self._experiment = wandb.init(**self._init_args)
+                # wandb's service process may have another working directory: hand it an absolute one.
+                directory = self._init_args["dir"]
+                self._experiment = wandb.init(**{**self._init_args,
+                                                 "dir": None if directory is None else os.path.abspath(directory)})
                 self._define_step_axis()
         return self._experiment
 
