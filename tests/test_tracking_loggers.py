@@ -3,6 +3,7 @@
 No test reaches a server: MLflow writes a file store in tmp_path, W&B runs offline (tracking_stores.py).
 """
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -286,3 +287,25 @@ def test_readme_loggers_examples_run_and_write_what_they_say(tmp_path, wandb_off
     assert run["config"] == {"lr": 0.1} and run["project"] == "regression"
     assert [r["trainer/global_step"] for r in run["history"] if "train_loss" in r] == [1, 3, 5, 7, 9, 11, 13, 15]
     assert run["history"][-1]["samples/nrows"] == 2
+
+
+# ----------------------------------------------------------------------------- optional packages
+
+
+def test_importing_the_loggers_imports_neither_mlflow_nor_wandb():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from ember.loggers import MLFlowLogger, WandbLogger; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'wandb')]; assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1])],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("logger, module", [(MLFlowLogger, "mlflow.tracking"), (WandbLogger, "wandb")])
+def test_a_missing_package_gives_the_install_line(logger, module, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import of it now fails as if it were not installed
+    extra = "mlflow" if logger is MLFlowLogger else "wandb"
+    with pytest.raises(ModuleNotFoundError, match=rf"pip install ember\[{extra}\]"):
+        logger()
