@@ -309,3 +309,22 @@ def test_a_missing_package_gives_the_install_line(logger, module, monkeypatch):
     extra = "mlflow" if logger is MLFlowLogger else "wandb"
     with pytest.raises(ModuleNotFoundError, match=rf"pip install ember\[{extra}\]"):
         logger()
+
+
+@pytest.mark.parametrize("log_model, save_top_k, seen", [(True, -1, [0, 1, 2]), (True, 1, [0, 0, 0]),
+                                                         ("all", 1, [0, 1, 2])])
+def test_mlflow_uploads_at_once_only_for_all_or_keep_every_file(tmp_path, mlflow_store, log_model, save_top_k, seen):
+    """log_model=True waits for the end (files may still be replaced), unless save_top_k=-1 keeps every file."""
+    counts = []
+
+    class CountUploads(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            files = mlflow_artifacts(MlflowClient(mlflow_store), trainer.logger.run_id)
+            counts.append(sum(f.endswith(".ckpt") for f in files))
+
+    logger = MLFlowLogger(tracking_uri=mlflow_store, log_model=log_model)
+    _fit(tmp_path, logger, callbacks=[ModelCheckpoint(monitor="val_loss", save_top_k=save_top_k), CountUploads()],
+         checkpointing=True)
+    assert counts == seen
+    final = sum(f.endswith(".ckpt") for f in mlflow_artifacts(MlflowClient(mlflow_store), logger.run_id))
+    assert final == (3 if save_top_k == -1 or log_model == "all" else 1)
