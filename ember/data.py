@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -20,6 +19,7 @@ import torch
 from .config import TrainerConfig
 from .hooks import is_overridden
 from .utilities.seed import seed_workers_of
+from .utilities.warnings import advise
 
 _HOOK_OF_STAGE = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
 _LIMIT_OF_STAGE = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
@@ -102,11 +102,11 @@ class RunLoaders:
         has_source = val is not None or self.defines("val_dataloader")
         has_step = is_overridden(self.module, "validation_step", LightningModule)
         if has_step and not has_source and self.config.limit_val_batches != 0:
-            warnings.warn(f"{type(self.module).__name__} defines validation_step but no val dataloader was given; "
-                          "validation is skipped. Pass val_dataloaders=... to fit().", UserWarning, stacklevel=5)
+            advise(f"{type(self.module).__name__} defines validation_step but no val dataloader was given; "
+                   "validation is skipped. Pass val_dataloaders=... to fit().", stacklevel=5)
         elif has_source and not has_step:
-            warnings.warn("A val dataloader was given but the model has no validation_step; validation is skipped.",
-                          UserWarning, stacklevel=5)
+            advise("A val dataloader was given but the model has no validation_step; validation is skipped.",
+                   stacklevel=5)
         return has_source and has_step and self.config.limit_val_batches != 0
 
     # ---- training ----
@@ -264,6 +264,6 @@ def _warn_few_workers(loader: Any, which: str) -> None:
         return  # in-memory tensors gain nothing from worker processes
     _warned_workers.add(which)
     cores = os.cpu_count() or 1
-    warnings.warn(
+    advise(
         f"The {which} DataLoader has num_workers=0, so batches load in the training process. If loading is slow, "
-        f"try num_workers={max(1, cores - 1)} (this machine has {cores} cores).", UserWarning, stacklevel=5)
+        f"try num_workers={max(1, cores - 1)} (this machine has {cores} cores).", stacklevel=5)

@@ -276,11 +276,11 @@ def _warn_if_eval_mode(module: torch.nn.Module) -> None:
     # Lightning does not call .train() when fit starts; it trains the modes it finds and says so.
     frozen = [name or type(module).__name__ for name, m in module.named_modules() if not m.training]
     if frozen:
-        import warnings
+        from .utilities.warnings import advise
 
         shown = ", ".join(frozen[:5]) + (f" and {len(frozen) - 5} more" if len(frozen) > 5 else "")
-        warnings.warn(f"fit() starts with {len(frozen)} module(s) in eval mode ({shown}); they stay in eval mode "
-                      "while training. Call model.train() first if that is not intended.", UserWarning, stacklevel=4)
+        advise(f"fit() starts with {len(frozen)} module(s) in eval mode ({shown}); they stay in eval mode "
+               "while training. Call model.train() first if that is not intended.", stacklevel=4)
 
 
 # --------------------------------------------------------------------------- evaluation

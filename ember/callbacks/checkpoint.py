@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import after_writes, durable_in_background, is_pending, wait_for_writes
+from ..utilities.warnings import advise
 from .callback import Callback
 
 _BETTER = {"min": torch.lt, "max": torch.gt}
@@ -129,8 +130,7 @@ class ModelCheckpoint(Callback):
 
             remove_stale_temp_files(self.dirpath)  # leftovers of a process killed while saving
             if self.save_top_k != 0 and any(n.endswith(self.FILE_EXTENSION) for n in os.listdir(self.dirpath)):
-                warnings.warn(f"Checkpoint directory {self.dirpath} exists and is not empty.", UserWarning,
-                              stacklevel=2)
+                advise(f"Checkpoint directory {self.dirpath} exists and is not empty.", stacklevel=2)
 
     def _default_dirpath(self, trainer: Any) -> str:
         """``<save_dir>/<name>/version_N/checkpoints`` of the first logger, else ``default_root_dir/checkpoints``."""

@@ -13,6 +13,8 @@ import re
 import warnings
 from abc import ABC, abstractmethod
 from argparse import Namespace
+from collections.abc import MutableMapping
+from dataclasses import asdict, is_dataclass
 from enum import Enum
 from typing import Any, Callable, Mapping
 
@@ -152,6 +154,25 @@ def _convert_params(params: dict[str, Any] | Namespace | None) -> dict[str, Any]
     if isinstance(params, Namespace):
         return vars(params)
     return {} if params is None else params
+
+
+def _flatten(params: MutableMapping, parent: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a/b": 1}``; a list made only of dicts is flattened by index."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        full_key = f"{parent}/{key}" if parent else str(key)
+        if is_dataclass(value) and not isinstance(value, type):
+            value = asdict(value)
+        elif isinstance(value, Namespace):
+            value = vars(value)
+        if isinstance(value, MutableMapping):
+            out.update(_flatten(value, full_key))
+        elif isinstance(value, list) and value and all(isinstance(v, MutableMapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(_flatten(item, f"{full_key}/{i}"))
+        else:
+            out[full_key] = value
+    return out
 
 
 def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mapping[str, Any]:

@@ -10,8 +10,6 @@ import importlib.util
 import os
 import warnings
 from argparse import Namespace
-from collections.abc import MutableMapping
-from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -20,6 +18,7 @@ from ember.loggers.base import (
     _FolderLogger,
     _add_prefix,
     _convert_params,
+    _flatten,
     _rank_zero_only,
     _save_hparams_yaml,
     _version_dirname,
@@ -191,25 +190,6 @@ class TensorBoardLogger(_FolderLogger):
         state = self.__dict__.copy()
         state["_experiment"] = None
         return state
-
-
-def _flatten(params: MutableMapping, parent: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}} -> {"a/b": 1}``; a list made only of dicts is flattened by index."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        full_key = f"{parent}/{key}" if parent else str(key)
-        if is_dataclass(value) and not isinstance(value, type):
-            value = asdict(value)
-        elif isinstance(value, Namespace):
-            value = vars(value)
-        if isinstance(value, MutableMapping):
-            out.update(_flatten(value, full_key))
-        elif isinstance(value, list) and value and all(isinstance(v, MutableMapping) for v in value):
-            for i, item in enumerate(value):
-                out.update(_flatten(item, f"{full_key}/{i}"))
-        else:
-            out[full_key] = value
-    return out
 
 
 def _tensorboard_hparams(params: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler)
 
 from ..utilities.rank_zero import rank_zero_warn
+from ..utilities.warnings import AdvisoryWarning
 
 _PREFIX = {"train": "train", "validate": "val", "test": "test", "predict": "predict"}
 
@@ -198,7 +199,7 @@ def _prepare_loader(loader: Any, stage: str, shard: dict[str, int] | None, overf
         shuffle = is_shuffled(loader) and not overfit
         if shuffle:
             rank_zero_warn(f"The {_PREFIX[stage]} DataLoader shuffles (its sampler is a RandomSampler). Evaluation "
-                           "is usually run in a fixed order; pass shuffle=False unless you mean it.")
+                           "is usually run in a fixed order; pass shuffle=False unless you mean it.", AdvisoryWarning)
     inject = shard is not None and not isinstance(loader.sampler, DistributedSampler)
     if not inject:
         # Predict never drops the last, short batch: every sample gets a prediction (as in Lightning).

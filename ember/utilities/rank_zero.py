@@ -35,7 +35,10 @@ rank_zero_only.rank = None  # type: ignore[attr-defined]
 
 @rank_zero_only
 def rank_zero_warn(message: str, category: type = UserWarning, stacklevel: int = 3) -> None:
-    warnings.warn(message, category, stacklevel=stacklevel)
+    from .warnings import AdvisoryWarning, advisories_quiet
+
+    if not (issubclass(category, AdvisoryWarning) and advisories_quiet()):
+        warnings.warn(message, category, stacklevel=stacklevel)
 
 
 @rank_zero_only
