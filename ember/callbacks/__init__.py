@@ -18,6 +18,7 @@ _LAZY = {
     "LearningRateFinder": ".lr_finder",
     "BasePredictionWriter": ".prediction_writer",
     "LambdaCallback": ".lambda_function",
+    "GradientAccumulationScheduler": ".gradient_accumulation",
 }
 
 __all__ = ["Callback", *_LAZY]
