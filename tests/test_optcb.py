@@ -54,3 +54,38 @@ def test_a_second_fit_on_the_same_trainer_keeps_its_schedule(tmp_path):
     trainer.max_epochs = 3
     trainer.fit(model, sum_loader(n=8, batch_size=2))
     assert trainer.global_step == 4 + 2 + 2
+
+
+class SaveAtBatchStart(Callback):
+    def __init__(self, path, at):
+        self.path, self.at, self.validations = path, at, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == self.at:
+            trainer.save_checkpoint(self.path)
+
+    def on_validation_end(self, trainer, pl_module):
+        self.validations += not trainer.sanity_checking
+
+
+class Validating(BoringLinear):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1]))
+
+
+def test_a_save_before_a_batch_resumes_without_redoing_the_previous_batchs_validation(tmp_path):
+    """A checkpoint from on_train_batch_start (or from an error inside the step) has the previous batch done
+    to its end: the resume neither validates again nor publishes its metrics again."""
+    path = str(tmp_path / "start.ckpt")
+    saver = SaveAtBatchStart(path, at=(0, 3))
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, val_check_interval=3, num_sanity_val_steps=0,
+                        **QUIET, callbacks=[saver])
+    straight = Validating()
+    trainer.fit(straight, sum_loader(n=12, batch_size=2), sum_loader(n=4))  # validations after batches 3 and 6
+    assert saver.validations == 2
+    counter = SaveAtBatchStart(str(tmp_path / "unused.ckpt"), at=None)
+    resumed = Validating()
+    L.Trainer(max_epochs=1, default_root_dir=tmp_path, val_check_interval=3, num_sanity_val_steps=0, **QUIET,
+              callbacks=[counter]).fit(resumed, sum_loader(n=12, batch_size=2), sum_loader(n=4), ckpt_path=path)
+    assert counter.validations == 1  # only the one after batch 6
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .callback import Callback
+from .callback import Callback, Checkpoint
 
 _LAZY = {
     "TQDMProgressBar": ".progress",
@@ -19,9 +19,10 @@ _LAZY = {
     "BasePredictionWriter": ".prediction_writer",
     "LambdaCallback": ".lambda_function",
     "GradientAccumulationScheduler": ".gradient_accumulation",
+    "OnExceptionCheckpoint": ".on_exception",
 }
 
-__all__ = ["Callback", *_LAZY]
+__all__ = ["Callback", "Checkpoint", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from ..checkpoint import after_writes, durable_in_background, is_pending, wait_for_writes
-from .callback import Callback
+from .callback import Checkpoint
 
 _BETTER = {"min": torch.lt, "max": torch.gt}
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Checkpoint):
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
     CHECKPOINT_NAME_LAST = "last"
