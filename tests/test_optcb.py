@@ -89,3 +89,120 @@ def test_a_save_before_a_batch_resumes_without_redoing_the_previous_batchs_valid
               callbacks=[counter]).fit(resumed, sum_loader(n=12, batch_size=2), sum_loader(n=4), ckpt_path=path)
     assert counter.validations == 1  # only the one after batch 6
     assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
+# --------------------------------------------------------------------------- batch-size finder
+import pytest  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from ember.callbacks import BatchSizeFinder  # noqa: E402
+from ember.tuner import Tuner  # noqa: E402
+from ember.tuner.batch_size import search_sizes  # noqa: E402
+from boring import sum_dataset  # noqa: E402
+
+
+def _limit(n):
+    return lambda size: size <= n
+
+
+@pytest.mark.parametrize("mode,limit,kw,tried,found", [
+    ("power", 100, {}, [2, 4, 8, 16, 32, 64, 128], 64),
+    ("binsearch", 100, dict(margin=0.0), [2, 4, 8, 16, 32, 64, 128, 96, 112, 104, 100, 102, 101], 100),
+    ("power", 10 ** 9, dict(max_val=50), [2, 4, 8, 16, 32, 50], 50),  # the cap itself is run
+    ("binsearch", 3, dict(init_val=8, margin=0.0), [8, 4, 2, 3], 3),  # from above: down, then bisect
+    ("binsearch", 100, dict(margin=0.1), [2, 4, 8, 16, 32, 64, 128, 96, 112, 104, 100, 102, 101, 90], 90),
+])
+def test_search_sizes_runs_every_size_it_returns(mode, limit, kw, tried, found):
+    kw = {"init_val": 2, "max_trials": 25, "max_val": 8192, **kw}
+    best, trials = search_sizes(_limit(limit), mode, **kw)
+    assert [s for s, _ in trials] == tried and best == found
+    assert (best, True) in trials
+
+
+def test_search_sizes_stops_once_a_batch_holds_the_whole_dataset():
+    best, trials = search_sizes(_limit(10 ** 6), "power", 2, 25, 8192, covers_dataset=lambda s: s >= 20)
+    assert [s for s, _ in trials] == [2, 4, 8, 16, 32] and best == 32
+
+
+def test_search_sizes_says_when_nothing_fits():
+    with pytest.raises(torch.OutOfMemoryError, match="even a batch of 1"):
+        search_sizes(_limit(0), "power", 4, 25, 8192)
+    with pytest.raises(torch.OutOfMemoryError, match=r"max_trials=2 trials \(tried \[16, 8\]\)"):
+        search_sizes(_limit(3), "power", 16, 2, 8192)
+
+
+class SizedModel(BoringLinear):
+    def __init__(self, limit=24):
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = 2
+        self.sizes_trained = []
+
+    def training_step(self, batch, batch_idx):
+        if batch[0].shape[0] > self.hparams.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.sizes_trained.append(batch[0].shape[0])
+        return super().training_step(batch, batch_idx)
+
+    def train_dataloader(self):
+        return DataLoader(sum_dataset(200), batch_size=self.batch_size)
+
+
+def test_the_callback_finds_the_size_then_the_fit_trains_with_it(tmp_path):
+    finder = BatchSizeFinder(mode="binsearch", margin=0.0, steps_per_trial=2)
+    model = SizedModel(limit=24)
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[finder], **QUIET)
+    trainer.fit(model)
+    assert finder.optimal_batch_size == model.batch_size == 24
+    assert [s for s, _ in finder.trials] == [2, 4, 8, 16, 32, 24, 28, 26, 25]
+    # the real fit: from step 0, every batch of 24 (the last one holds the rest of the 200 rows)
+    trained = model.sizes_trained[-9:]
+    assert trained == [24] * 8 + [200 - 8 * 24] and trainer.global_step == 9
+
+
+def test_the_batch_size_may_live_in_hparams_or_the_datamodule(tmp_path):
+    class FromHparams(SizedModel):
+        def __init__(self):
+            super().__init__()
+            del self.batch_size
+            self.hparams["batch_size"] = 2
+
+        def train_dataloader(self):
+            return DataLoader(sum_dataset(64), batch_size=self.hparams.batch_size)
+
+    model = FromHparams()
+    found = Tuner(L.Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET)).scale_batch_size(model, max_trials=4)
+    assert found == model.hparams.batch_size == 16
+
+    class Data(L.LightningDataModule):
+        def __init__(self):
+            super().__init__()
+            self.batch_size = 2
+
+        def train_dataloader(self):
+            return DataLoader(sum_dataset(64), batch_size=self.batch_size)
+
+    dm = Data()
+    plain = SizedModel(limit=10)
+    del plain.batch_size
+    found = Tuner(L.Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET)).scale_batch_size(plain, datamodule=dm)
+    assert found == dm.batch_size == 8
+
+
+def test_scale_batch_size_refuses_what_it_cannot_do(tmp_path):
+    tuner = Tuner(L.Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET))
+    with pytest.raises(ValueError, match="mode='linear'.*allowed: 'power', 'binsearch'"):
+        tuner.scale_batch_size(SizedModel(), mode="linear")
+    with pytest.raises(ValueError, match=r"max_val=0\) is not valid; allowed: an int >= 1"):
+        tuner.scale_batch_size(SizedModel(), max_val=0)
+    with pytest.raises(ValueError, match="margin=1.0"):
+        BatchSizeFinder(margin=1.0)
+    with pytest.raises(ValueError, match="cannot resize dataloaders passed in directly"):
+        tuner.scale_batch_size(SizedModel(), train_dataloaders=sum_loader())
+    with pytest.raises(AttributeError, match="batch_arg_name='bs'"):
+        tuner.scale_batch_size(SizedModel(), batch_arg_name="bs")
+    with pytest.raises(NotImplementedError, match="method='test'"):
+        tuner.scale_batch_size(SizedModel(), method="test")
+    with pytest.raises(ValueError, match="passed to fit\\(\\) directly"):
+        L.Trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[BatchSizeFinder()], **QUIET).fit(
+            SizedModel(), sum_loader())

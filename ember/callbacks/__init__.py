@@ -20,6 +20,7 @@ _LAZY = {
     "LambdaCallback": ".lambda_function",
     "GradientAccumulationScheduler": ".gradient_accumulation",
     "OnExceptionCheckpoint": ".on_exception",
+    "BatchSizeFinder": ".batch_size_finder",
 }
 
 __all__ = ["Callback", "Checkpoint", *_LAZY]

@@ -161,3 +161,74 @@ def test_on_exception_checkpoint_refuses_an_empty_filename():
     for L in (lightning, ember):
         with pytest.raises(ValueError):
             L.pytorch.callbacks.OnExceptionCheckpoint(".", filename="")
+
+
+# --------------------------------------------------------------------------- batch-size finder
+def _oom_program(L, tmp_path, limit, call="tuner", **search):
+    """A model that "runs out of memory" (torch.OutOfMemoryError, as CUDA raises it) above ``limit`` rows."""
+    from torch.utils.data import DataLoader
+    from parity_harness import data
+
+    tried = []
+
+    class Sized(boring_class(L)):
+        def __init__(self):
+            super().__init__()
+            self.batch_size = 2
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                tried.append(batch[0].shape[0])  # the size that really ran
+            if batch[0].shape[0] > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            return super().training_step(batch, batch_idx)
+
+        def train_dataloader(self):
+            return DataLoader(data(256), batch_size=self.batch_size)
+
+    model = Sized()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = L.Trainer(**quiet(tmp_path, max_epochs=1))
+    found = L.pytorch.tuner.Tuner(t).scale_batch_size(model, **search)
+    return {"found": found, "tried": tried, "attr": model.batch_size, "global_step": t.global_step,
+            "restored": all(torch.equal(before[k], v) for k, v in model.state_dict().items()),
+            "fits": found is not None and found <= limit}
+
+
+@pytest.mark.parametrize("mode,limit,search,tried,found", [
+    ("power", 40, {}, [2, 4, 8, 16, 32, 64], 32),
+    ("binsearch", 40, dict(margin=0.0), [2, 4, 8, 16, 32, 64, 48, 40, 44, 42, 41], 40),
+    ("power", 40, dict(max_trials=3), [2, 4, 8], 8),
+], ids=["power", "binsearch", "max-trials"])
+def test_batch_size_search_tries_and_finds_what_lightning_does(tmp_path, mode, limit, search, tried, found):
+    a, b = run_both(_oom_program, tmp_path=tmp_path, limit=limit, mode=mode, **search)
+    assert a["tried"] == b["tried"] == tried
+    assert a["found"] == b["found"] == a["attr"] == b["attr"] == found
+    assert a["restored"] and b["restored"] and a["global_step"] == b["global_step"] == 0
+
+
+@pytest.mark.parametrize("mode,search,lightning_tried,lightning_found,ember_tried,ember_found", [
+    # At max_val Lightning stops before running it and returns it: here a size that runs out of memory.
+    ("power", dict(max_val=16), [2, 4, 8], 16, [2, 4, 8, 16], 8),
+    ("binsearch", dict(max_val=16, margin=0.0), [2, 4, 8], 16, [2, 4, 8, 16, 12, 14, 13], 12),
+    # The binsearch margin shrinks 12 to 11, which Lightning returns without running; ember runs it.
+    ("binsearch", dict(), [2, 4, 8, 16, 12, 14, 13], 11, [2, 4, 8, 16, 12, 14, 13, 11], 11),
+], ids=["power-max-val", "binsearch-max-val", "binsearch-margin"])
+def test_batch_size_search_never_returns_a_size_it_did_not_run(tmp_path, mode, search, lightning_tried,
+                                                                lightning_found, ember_tried, ember_found):
+    """Lightning #18426: Lightning 2.6.6 can hand back a size it never trained; ember only returns one it ran."""
+    a, b = run_both(_oom_program, tmp_path=tmp_path, limit=12, mode=mode, **search)
+    assert (a["tried"], a["found"]) == (lightning_tried, lightning_found)
+    assert (b["tried"], b["found"]) == (ember_tried, ember_found)
+    assert b["found"] in b["tried"] and b["fits"]
+    assert a["found"] not in a["tried"]
+    assert b["restored"] and b["global_step"] == 0
+
+
+def test_starting_above_the_limit_goes_down_to_a_size_that_fits(tmp_path):
+    """Lightning runs its first trial on the loader built before init_val was set (batches of 2, the model's
+    own size), counts init_val=64 as fitted and returns 64, which runs out of memory. ember runs 64, sees it
+    fail, and halves to a size that fits."""
+    a, b = run_both(_oom_program, tmp_path=tmp_path, limit=40, mode="power", init_val=64)
+    assert (a["tried"], a["found"], a["fits"]) == ([2, 128], 64, False)
+    assert (b["tried"], b["found"], b["fits"]) == ([64, 32], 32, True)
