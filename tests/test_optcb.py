@@ -206,3 +206,65 @@ def test_scale_batch_size_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="passed to fit\\(\\) directly"):
         L.Trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[BatchSizeFinder()], **QUIET).fit(
             SizedModel(), sum_loader())
+
+
+# --------------------------------------------------------------------------- weight averaging
+from ember.callbacks import EMAWeightAveraging, StochasticWeightAveraging, WeightAveraging  # noqa: E402
+
+
+class WithBatchNorm(BoringLinear):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(2)
+
+    def forward(self, x):
+        return self.layer(self.norm(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+
+def test_swa_recomputes_batch_norm_statistics_for_the_average_with_update_bn(tmp_path):
+    import copy
+
+    torch.manual_seed(0)
+    model = WithBatchNorm()
+    swa = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2)
+    trainer = L.Trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[swa], **QUIET)
+    loader = sum_loader(n=16, batch_size=4)
+    trainer.fit(model, loader)
+    assert int(swa.n_averaged) == 2 and trainer.current_epoch == 3  # no extra epoch (Lightning adds one)
+    for p, q in zip(model.parameters(), swa.average_model.module.parameters()):
+        assert torch.equal(p, q)
+    # the statistics are update_bn's over the train loader, for these (averaged) weights
+    model.trainer = None  # a deep copy of the module alone
+    expected = copy.deepcopy(model)
+    expected.norm.reset_running_stats()
+    torch.optim.swa_utils.update_bn(loader, expected)
+    assert torch.equal(model.norm.running_mean, expected.norm.running_mean)
+    assert torch.equal(model.norm.running_var, expected.norm.running_var)
+
+
+def test_weight_averaging_refuses_bad_arguments():
+    with pytest.raises(ValueError, match=r"swa_epoch_start=0\) is not valid"):
+        StochasticWeightAveraging(swa_lrs=0.1, swa_epoch_start=0)
+    with pytest.raises(ValueError, match=r"swa_lrs=-0.1\) is not valid"):
+        StochasticWeightAveraging(swa_lrs=-0.1)
+    with pytest.raises(ValueError, match="annealing_strategy='step'"):
+        StochasticWeightAveraging(swa_lrs=0.1, annealing_strategy="step")
+    with pytest.raises(ValueError, match=r"decay=1.5\) is not valid"):
+        EMAWeightAveraging(decay=1.5)
+
+
+def test_a_weight_averaging_checkpoint_loads_as_the_averaged_model(tmp_path):
+    model = BoringLinear()
+    averaging = WeightAveraging()
+    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, callbacks=[averaging], **QUIET)
+    trainer.fit(model, sum_loader())
+    path = tmp_path / "avg.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = BoringLinear.load_from_checkpoint(path)
+    for p, q in zip(loaded.parameters(), averaging.average_model.module.parameters()):
+        assert torch.equal(p, q)
+    assert int(averaging.average_model.n_averaged) == trainer.global_step == 8

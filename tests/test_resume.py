@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember as L
-from ember.callbacks import Callback, GradientAccumulationScheduler
+from ember.callbacks import (Callback, EMAWeightAveraging, GradientAccumulationScheduler,
+                             StochasticWeightAveraging)
 from ember.loggers import Logger
 
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
@@ -145,6 +146,12 @@ CONFIGS = {
     # sit inside a window, batch 26 right after the change to 4
     "accumulation_by_step": (dict(callbacks=lambda: [GradientAccumulationScheduler({6: 2, 15: 4}, interval="step")]),
                              False, dict(batches=(7, 26, 30), epoch_ends=(1,))),
+    # an exponential moving average of the weights, which validation runs on: saves mid-epoch, right after a
+    # validation inside an epoch and at an epoch end
+    "weight_averaging": (dict(val_check_interval=0.5, callbacks=lambda: [EMAWeightAveraging(decay=0.9)]), False,
+                         dict(batches=(5, 18), validations=(3,), epoch_ends=(0,))),
+    "swa": (dict(callbacks=lambda: [StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2, annealing_epochs=1)]),
+            False, dict(batches=(5, 30), epoch_ends=(1,))),
 }
 POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
           for point in [f"batch{b}" for b in where.get("batches", ())]
@@ -225,6 +232,13 @@ def test_the_matrix_covers_mid_window_and_after_validation_positions(straight):
         *_, root = straight(config)
         info = load_file(os.path.join(root, f"{point}.ckpt"))["ember"]
         assert info["mid_epoch"] and info["accumulated"] == accumulated and info["grads"], (config, point)
+    *_, root = straight("weight_averaging")
+    ckpt = load_file(os.path.join(root, "batch18.ckpt"))
+    assert ckpt["ember"]["mid_epoch"] and int(ckpt["averaging_state"]["n_averaged"]) == 18
+    assert not all(torch.equal(v, ckpt["current_model_state"][k]) for k, v in ckpt["state_dict"].items())
+    *_, root = straight("swa")
+    swa_state = load_file(os.path.join(root, "batch30.ckpt"))["callbacks"]["StochasticWeightAveraging"]
+    assert swa_state["scheduler_state"] is not None and swa_state["n_averaged"] == 2  # SWALR running, mid-epoch
     *_, root = straight("plain")
     info = load_file(os.path.join(root, "epoch_end0.ckpt"))["ember"]
     assert info["epoch_completed"] and not info["mid_epoch"]

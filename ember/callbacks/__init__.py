@@ -21,6 +21,9 @@ _LAZY = {
     "GradientAccumulationScheduler": ".gradient_accumulation",
     "OnExceptionCheckpoint": ".on_exception",
     "BatchSizeFinder": ".batch_size_finder",
+    "WeightAveraging": ".weight_averaging",
+    "EMAWeightAveraging": ".weight_averaging",
+    "StochasticWeightAveraging": ".swa",
 }
 
 __all__ = ["Callback", "Checkpoint", *_LAZY]

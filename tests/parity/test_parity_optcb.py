@@ -232,3 +232,91 @@ def test_starting_above_the_limit_goes_down_to_a_size_that_fits(tmp_path):
     a, b = run_both(_oom_program, tmp_path=tmp_path, limit=40, mode="power", init_val=64)
     assert (a["tried"], a["found"], a["fits"]) == ([2, 128], 64, False)
     assert (b["tried"], b["found"], b["fits"]) == ([64, 32], 32, True)
+
+
+# --------------------------------------------------------------------------- weight averaging
+def _averaging_program(L, tmp_path, make, max_epochs=3, **trainer_kw):
+    """Boring model + averaging callback; returns weights, metrics per validation and the saved checkpoint."""
+    vals = []
+
+    def on_validation_epoch_end(self):
+        vals.append((self.global_step, {k: v.clone() for k, v in self.state_dict().items()}))
+
+    m = boring_class(L, on_validation_epoch_end=on_validation_epoch_end, optimizer="adam", lr=0.05)()
+    cb = make(L)
+    t = L.Trainer(**quiet(tmp_path, max_epochs=max_epochs, callbacks=[cb], **trainer_kw))
+    t.fit(m)
+    path = str(tmp_path / f"{L.__name__}.ckpt")
+    t.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    return {"weights": {k: v.clone() for k, v in m.state_dict().items()}, "vals": vals,
+            "callback_metrics": {k: float(v) for k, v in t.callback_metrics.items()}, "ckpt": ckpt,
+            "global_step": t.global_step}
+
+
+AVERAGERS = {
+    "weight-averaging": lambda L: L.pytorch.callbacks.WeightAveraging(),
+    "ema": lambda L: L.pytorch.callbacks.EMAWeightAveraging(decay=0.9),
+    "ema-every-2-from-3": lambda L: L.pytorch.callbacks.EMAWeightAveraging(decay=0.8, update_every_n_steps=2,
+                                                                         update_starting_at_step=3),
+    "ema-epochs": lambda L: L.pytorch.callbacks.EMAWeightAveraging(decay=0.5, update_every_n_steps=0,
+                                                                 update_starting_at_epoch=1),
+}
+
+
+@pytest.mark.parametrize("name", AVERAGERS)
+def test_weight_averaging_matches_lightning(tmp_path, name):
+    a, b = run_both(_averaging_program, tmp_path=tmp_path, make=AVERAGERS[name], val_check_interval=0.5)
+    assert a["global_step"] == b["global_step"] == 12
+    for k in a["weights"]:  # after fit the model holds the average
+        assert torch.equal(a["weights"][k], b["weights"][k]), k
+    # Validation ran on the averaged weights, at the same steps, and logged the same numbers.
+    assert [s for s, _ in a["vals"]] == [s for s, _ in b["vals"]] == [0, 2, 4, 6, 8, 10, 12]  # 0: the sanity check
+    for (_, wa), (_, wb) in zip(a["vals"], b["vals"]):
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), k
+    assert a["callback_metrics"].keys() == b["callback_metrics"].keys()
+    for k in a["callback_metrics"]:
+        assert b["callback_metrics"][k] == pytest.approx(a["callback_metrics"][k], rel=1e-6, abs=1e-7), k
+    # The checkpoint layout is Lightning's: the average is state_dict, the training weights beside it.
+    for key in ("state_dict", "current_model_state", "averaging_state"):
+        assert a["ckpt"].keys() >= {key} and b["ckpt"].keys() >= {key}
+    assert int(a["ckpt"]["averaging_state"]["n_averaged"]) == int(b["ckpt"]["averaging_state"]["n_averaged"])
+    # and the average differs from what plain training ends with (a no-op average would pass the rest)
+    import ember
+
+    plain = run_program(ember, tmp_path, model=dict(optimizer="adam", lr=0.05), record=False,
+                        trainer=dict(max_epochs=3, val_check_interval=0.5))
+    assert not all(torch.equal(plain["weights"][k], b["weights"][k]) for k in b["weights"])
+
+
+@pytest.mark.parametrize("kw,configure", [
+    (dict(swa_lrs=0.02, swa_epoch_start=2, annealing_epochs=2), None),
+    (dict(swa_lrs=0.05, swa_epoch_start=0.5, annealing_epochs=1, annealing_strategy="linear"), _step_lr),
+], ids=["cos-from-epoch-2", "linear-half-replacing-a-scheduler"])
+def test_stochastic_weight_averaging_matches_lightning(tmp_path, kw, configure):
+    def program(L, tmp_path):
+        lrs = []
+
+        def on_train_epoch_start(self):
+            lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+        m = boring_class(L, configure=configure, on_train_epoch_start=on_train_epoch_start)()
+        cb = L.pytorch.callbacks.StochasticWeightAveraging(**kw)
+        t = L.Trainer(**quiet(tmp_path, max_epochs=4, callbacks=[cb]))
+        t.fit(m)
+        return {"weights": {k: v.clone() for k, v in m.state_dict().items()}, "lrs": lrs,
+                "n_averaged": int(cb.n_averaged), "state": cb.state_dict(), "epoch": t.current_epoch,
+                "val_loss": float(t.callback_metrics["val_loss"])}
+
+    a, b = run_both(program, tmp_path=tmp_path)
+    assert (a["n_averaged"], a["epoch"]) == (b["n_averaged"], b["epoch"])
+    assert a["n_averaged"] == 3 if kw["swa_epoch_start"] == 2 else 2
+    assert a["lrs"] == pytest.approx(b["lrs"], rel=1e-12)
+    assert a["lrs"][0] == 0.1 and a["lrs"][-1] != 0.1  # SWALR took over
+    for k in a["weights"]:
+        assert torch.equal(a["weights"][k], b["weights"][k]), k
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    assert a["state"]["latest_update_epoch"] == b["state"]["latest_update_epoch"] == 3
+    for k, v in a["state"]["average_model_state"].items():
+        assert torch.equal(v, b["state"]["average_model_state"][k]), k
