@@ -21,6 +21,11 @@ from .callback import Callback
 from .weight_averaging import averaged_copy
 
 
+# The public batch-norm classes (their common base is private to torch).
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+                torch.nn.LazyBatchNorm1d, torch.nn.LazyBatchNorm2d, torch.nn.LazyBatchNorm3d)
+
+
 def _running_mean(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
     # The arithmetic Lightning uses (AveragedModel's default lerp can differ in the last bit).
     return averaged + (current - averaged) / (n_averaged + 1)
@@ -79,7 +84,7 @@ class StochasticWeightAveraging(Callback):
 
     @staticmethod
     def pl_module_contains_batch_norm(pl_module: Any) -> bool:
-        return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pl_module.modules())
+        return any(isinstance(m, _BATCH_NORMS) for m in pl_module.modules())
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if type(trainer.strategy).__name__.startswith("FSDP"):
