@@ -150,7 +150,7 @@ CONFIGS = {
     # validation inside an epoch and at an epoch end
     "weight_averaging": (dict(val_check_interval=0.5, callbacks=lambda: [EMAWeightAveraging(decay=0.9)]), False,
                          dict(batches=(5, 18), validations=(3,), epoch_ends=(0,))),
-    "swa": (dict(callbacks=lambda: [StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2, annealing_epochs=1)]),
+    "swa": (dict(callbacks=lambda: [StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2, annealing_epochs=3)]),
             False, dict(batches=(5, 30), epoch_ends=(1,))),
 }
 POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()

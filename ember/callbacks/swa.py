@@ -125,7 +125,6 @@ class StochasticWeightAveraging(Callback):
         self._average_model.to(self._device or pl_module.device)
         optimizer = trainer.optimizers[0]
         lrs = self._swa_lrs if isinstance(self._swa_lrs, list) else [self._swa_lrs] * len(optimizer.param_groups)
-        resumed_lrs = [group["lr"] for group in optimizer.param_groups]
         for lr, group in zip(lrs, optimizer.param_groups):
             group["initial_lr"] = lr
         # Lightning's arguments, its cos start (last_epoch=max_epochs) included, so the rates agree.
@@ -134,9 +133,6 @@ class StochasticWeightAveraging(Callback):
             last_epoch=trainer.max_epochs if self._annealing_strategy == "cos" else -1)
         if self._scheduler_state is not None:
             self._swa_scheduler.load_state_dict(self._scheduler_state)
-            # Building SWALR stepped it once; the checkpoint's rates are the ones the run had reached.
-            for lr, group in zip(resumed_lrs, optimizer.param_groups):
-                group["lr"] = lr
         config = LRSchedulerConfig(self._swa_scheduler)  # every epoch
         if trainer.lr_scheduler_configs:
             trainer.lr_scheduler_configs[0] = config
