@@ -824,7 +824,9 @@ def preemption_guard(trainer: Any) -> Iterator[None]:
 
 def _save_preemption_checkpoint(trainer: Any) -> str:
     """Save to the first ModelCheckpoint's "last" file (or ``default_root_dir/last.ckpt``)."""
-    cb = trainer.checkpoint_callback
+    from .callbacks.checkpoint import ModelCheckpoint
+
+    cb = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     if cb is not None and getattr(cb, "dirpath", None):
         path = cb.last_model_path = cb.last_checkpoint_path(trainer)
     else:
@@ -855,15 +857,23 @@ def load_module_from_checkpoint(cls: type, path: Any, map_location: Any = None, 
     return module  # left in train mode, as Lightning does
 
 
-def find_checkpoint(trainer: Any, which: str) -> str | None:
+def _exception_checkpoints(trainer: Any) -> list[Any]:
+    from .callbacks.on_exception import OnExceptionCheckpoint
+
+    return [cb for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)]
+
+
+def find_checkpoint(trainer: Any, which: str, warn: bool = True) -> str | None:
     """Resolve ``ckpt_path="best"`` or ``"last"`` through the trainer's ModelCheckpoint callbacks.
 
-    "last" is the newest ``last*.ckpt`` (save_last files and preemption
-    saves); without one, the newest checkpoint any of them wrote. With
+    "last" is the newest ``last*.ckpt`` (save_last files, preemption saves and
+    OnExceptionCheckpoint files); without one, the newest checkpoint any of them wrote. With
     nothing at all it warns and returns None, so the fit starts fresh (as in
     Lightning: a requeued job can always pass ``ckpt_path="last"``).
     """
-    cbs = trainer.checkpoint_callbacks
+    from .callbacks.checkpoint import ModelCheckpoint
+
+    cbs = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]  # not OnExceptionCheckpoint
     _finisher.wait()
     if which == "best":
         for cb in cbs:
@@ -883,10 +893,12 @@ def find_checkpoint(trainer: Any, which: str) -> str | None:
                     continue
                 (last if name.startswith(cb.CHECKPOINT_NAME_LAST) else others).append(full)
     fallback = os.path.join(trainer.default_root_dir, "last.ckpt")  # the preemption save without a ModelCheckpoint
-    if os.path.isfile(fallback):
-        last.append(fallback)
+    last += [path for path in [fallback] + [cb.ckpt_path for cb in _exception_checkpoints(trainer)]
+             if os.path.isfile(path)]
     candidates = last or others
     if not candidates:
+        if not warn:
+            return None
         warnings.warn('ckpt_path="last" found no checkpoint, so training starts from scratch. Checkpoints are looked '
                       "for in the ModelCheckpoint's dirpath.", UserWarning, stacklevel=3)
         return None
@@ -894,12 +906,19 @@ def find_checkpoint(trainer: Any, which: str) -> str | None:
 
 
 def resolve_ckpt_path(trainer: Any, ckpt_path: Any) -> str | None:
-    """``ckpt_path`` as a file: "last"/"best" looked up (rank 0's answer on every rank), or a path checked."""
+    """``ckpt_path`` as a file: "last"/"best" looked up (rank 0's answer on every rank), or a path checked.
+
+    With an OnExceptionCheckpoint, ``fit(ckpt_path=None)`` means "last" (its file counts), as in Lightning, so
+    running the failed script again resumes it; finding nothing then starts afresh without a warning.
+    """
+    implied = ckpt_path is None and trainer.state.fn == "fit" and bool(_exception_checkpoints(trainer))
+    if implied:
+        ckpt_path = "last"
     if ckpt_path is None:
         return None
     if ckpt_path in ("last", "best"):
         try:
-            found, error = find_checkpoint(trainer, ckpt_path), None
+            found, error = find_checkpoint(trainer, ckpt_path, warn=not implied), None
         except ValueError as exc:
             found, error = None, exc
         # Distributed: every rank resumes from the file rank 0 found (identity on one device).

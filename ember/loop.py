@@ -44,6 +44,13 @@ class Run:
     lightning_optimizers: list[LightningOptimizer] = dataclasses.field(default_factory=list)
     batch_hooks: bool = False  # the module overrides a batch-transfer hook
     validation: bool = True  # False: the learning-rate range test trains without validating
+    plan: EpochPlan | None = None  # the open epoch's plan: Run.configure keeps its accumulation in step
+
+    def configure(self, **changes: Any) -> None:
+        """New settings mid-run (``trainer.accumulate_grad_batches = n`` from a callback), the open epoch's too."""
+        self.config = dataclasses.replace(self.config, **changes)
+        if self.plan is not None:
+            self.plan.accumulate = self.config.accumulate_grad_batches
 
     def use_optimizers(self, optimizers: list[Any], schedulers: list[Any]) -> None:
         self.optimizers, self.schedulers = optimizers, schedulers
@@ -149,7 +156,7 @@ def train_epoch(run: Run) -> None:
     metrics.enter("train", "epoch")
     hooks.call("on_train_epoch_start")
     metrics.enter("train", "batch")
-    plan = EpochPlan(run)  # everything the per-batch code needs, resolved once per epoch
+    plan = run.plan = EpochPlan(run)  # everything the per-batch code needs, resolved once per epoch
     on_batch_start, step, move = plan.on_batch_start, plan.run_step, plan.move_batches
     last_idx = data.num_training_batches - 1 if data.num_training_batches != math.inf else -1
     state.is_last_batch = state.epoch_reached_end = False

@@ -120,8 +120,8 @@ class FitState:
         where = self.position if self.in_fit else Position.BETWEEN_EPOCHS
         inside = where in (Position.IN_BATCHES, Position.AFTER_BATCH)
         if inside and self.batches_seen_in_epoch > 0:
-            if where is Position.AFTER_BATCH:
-                phase = BatchPhase.STOP_CHECK
+            if where is Position.AFTER_BATCH or self.batch_idx == self.batches_seen_in_epoch:
+                phase = BatchPhase.STOP_CHECK  # also: saved before this batch ended (on_train_batch_start, an error)
             elif self.evaluating == "validate":
                 phase = BatchPhase.AFTER_VALIDATION  # saved by a validation inside the epoch, once it had run
             else:

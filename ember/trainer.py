@@ -380,6 +380,8 @@ def _setting(name: str) -> property:
 
     def set_(self: Trainer, value: Any) -> None:
         self.config = self.data.config = dataclasses.replace(self.config, **{name: value})
+        if self.run_context is not None:  # a callback changing a setting during fit (accumulation schedules)
+            self.run_context.configure(**{name: value})
 
     return property(lambda self: getattr(self.config, name), set_, doc=f"``Trainer({name}=...)``")
 

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember as L
-from ember.callbacks import Callback
+from ember.callbacks import (Callback, EMAWeightAveraging, GradientAccumulationScheduler,
+                             StochasticWeightAveraging)
 from ember.loggers import Logger
 
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
@@ -137,6 +138,20 @@ CONFIGS = {
                        dict(batches=(5, 13), validations=(2, 5, 8))),
     # mid-epoch in the first and second epoch, and at an epoch end, with augmentation drawn in the workers
     "workers": (dict(), "workers", dict(batches=(5, 19), epoch_ends=(0,))),
+    # GradientAccumulationScheduler by epoch (1, 2, then 3): batch 17 is 1 batch into a window of 2, batch 26
+    # 2 batches into a window of 3
+    "accumulation_schedule": (dict(callbacks=lambda: [GradientAccumulationScheduler({1: 2, 2: 3})]), False,
+                              dict(batches=(17, 26), epoch_ends=(0,))),
+    # ember's schedule by optimizer step: windows of 2 from step 6, of 4 from step 15; batch 7 and batch 30
+    # sit inside a window, batch 26 right after the change to 4
+    "accumulation_by_step": (dict(callbacks=lambda: [GradientAccumulationScheduler({6: 2, 15: 4}, interval="step")]),
+                             False, dict(batches=(7, 26, 30), epoch_ends=(1,))),
+    # an exponential moving average of the weights, which validation runs on: saves mid-epoch, right after a
+    # validation inside an epoch and at an epoch end
+    "weight_averaging": (dict(val_check_interval=0.5, callbacks=lambda: [EMAWeightAveraging(decay=0.9)]), False,
+                         dict(batches=(5, 18), validations=(3,), epoch_ends=(0,))),
+    "swa": (dict(callbacks=lambda: [StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2, annealing_epochs=3)]),
+            False, dict(batches=(5, 30), epoch_ends=(1,))),
 }
 POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
           for point in [f"batch{b}" for b in where.get("batches", ())]
@@ -146,11 +161,13 @@ POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
 
 def fit(config: str, root, ckpt_path=None, saver=None):
     options, explicit_generator, _ = CONFIGS[config]
+    options = dict(options)
+    callbacks = options.pop("callbacks", list)() + ([saver] if saver else [])
     L.seed_everything(123, workers=explicit_generator == "workers")
     model = Net()
     recorder = Recorder()
     trainer = L.Trainer(max_epochs=EPOCHS, logger=recorder, log_every_n_steps=1, default_root_dir=root,
-                        callbacks=[saver] if saver else None, **QUIET, **options)
+                        callbacks=callbacks or None, **QUIET, **options)
     train, val = loaders(explicit_generator)
     trainer.fit(model, train, val, ckpt_path=ckpt_path)
     return model, trainer, recorder
@@ -210,6 +227,18 @@ def test_the_matrix_covers_mid_window_and_after_validation_positions(straight):
     *_, root = straight("fractional_val")
     info = load_file(os.path.join(root, "validation2.ckpt"))["ember"]
     assert info["mid_epoch"] and info["left_of_batch"] == "after_validation" and info["batches_done_in_epoch"] == 6
+    for config, point, accumulated in (("accumulation_schedule", "batch17", 1), ("accumulation_schedule", "batch26", 2),
+                                       ("accumulation_by_step", "batch7", 1), ("accumulation_by_step", "batch30", 2)):
+        *_, root = straight(config)
+        info = load_file(os.path.join(root, f"{point}.ckpt"))["ember"]
+        assert info["mid_epoch"] and info["accumulated"] == accumulated and info["grads"], (config, point)
+    *_, root = straight("weight_averaging")
+    ckpt = load_file(os.path.join(root, "batch18.ckpt"))
+    assert ckpt["ember"]["mid_epoch"] and int(ckpt["averaging_state"]["n_averaged"]) == 18
+    assert not all(torch.equal(v, ckpt["current_model_state"][k]) for k, v in ckpt["state_dict"].items())
+    *_, root = straight("swa")
+    swa_state = load_file(os.path.join(root, "batch30.ckpt"))["callbacks"]["StochasticWeightAveraging"]
+    assert swa_state["scheduler_state"] is not None and swa_state["n_averaged"] == 2  # SWALR running, mid-epoch
     *_, root = straight("plain")
     info = load_file(os.path.join(root, "epoch_end0.ckpt"))["ember"]
     assert info["epoch_completed"] and not info["mid_epoch"]

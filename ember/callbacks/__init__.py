@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .callback import Callback
+from .callback import Callback, Checkpoint
 
 _LAZY = {
     "TQDMProgressBar": ".progress",
@@ -18,9 +18,15 @@ _LAZY = {
     "LearningRateFinder": ".lr_finder",
     "BasePredictionWriter": ".prediction_writer",
     "LambdaCallback": ".lambda_function",
+    "GradientAccumulationScheduler": ".gradient_accumulation",
+    "OnExceptionCheckpoint": ".on_exception",
+    "BatchSizeFinder": ".batch_size_finder",
+    "WeightAveraging": ".weight_averaging",
+    "EMAWeightAveraging": ".weight_averaging",
+    "StochasticWeightAveraging": ".swa",
 }
 
-__all__ = ["Callback", *_LAZY]
+__all__ = ["Callback", "Checkpoint", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -65,3 +65,9 @@ class Callback:
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None: ...
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None: ...
+
+
+class Checkpoint(Callback):
+    """What every checkpointing callback is (ModelCheckpoint, OnExceptionCheckpoint): the Trainer adds its default
+    ModelCheckpoint only when none is given, runs them after the other callbacks and lists them in
+    ``trainer.checkpoint_callbacks``, as Lightning does."""

@@ -22,12 +22,12 @@ import torch
 
 from ..checkpoint import after_writes, durable_in_background, is_pending, wait_for_writes
 from ..utilities.warnings import advise
-from .callback import Callback
+from .callback import Checkpoint
 
 _BETTER = {"min": torch.lt, "max": torch.gt}
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Checkpoint):
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
     CHECKPOINT_NAME_LAST = "last"

@@ -47,9 +47,9 @@ def _make(module: str, name: str) -> Callback:
 
 
 def is_checkpoint(cb: Any) -> bool:
-    from .checkpoint import ModelCheckpoint
+    from .callback import Checkpoint
 
-    return isinstance(cb, ModelCheckpoint)
+    return isinstance(cb, Checkpoint)
 
 
 def is_progress_bar(cb: Any) -> bool:

@@ -9,7 +9,6 @@ no temporary checkpoint file, even when the search crashes.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -199,9 +198,9 @@ def run_range_test(trainer: Any, module: Any, min_lr: float, max_lr: float, num_
     import dataclasses
 
     from .. import loop
-    from ..checkpoint import capture_rng, restore_rng
     from ..hooks import HookDispatcher
     from ..optim import LRSchedulerConfig
+    from ..tuner.snapshot import TrainingSnapshot
 
     if trainer.fast_dev_run:
         import warnings
@@ -212,13 +211,9 @@ def run_range_test(trainer: Any, module: Any, min_lr: float, max_lr: float, num_
         attr_name = find_lr_attr(module, attr_name)
     if len(trainer.optimizers) != 1:
         raise ValueError(f"lr_find works with one optimizer; configure_optimizers() returned {len(trainer.optimizers)}.")
-    # ---- snapshot, in memory ----
-    weights = copy.deepcopy(module.state_dict())
+    snapshot = TrainingSnapshot(trainer, module)  # in memory
     optimizer = trainer.optimizers[0]
-    opt_state = copy.deepcopy(optimizer.state_dict())
-    rng = capture_rng()
     fit_run, state = trainer.run_context, trainer.state
-    saved_state = state.snapshot()
     result = LRFinderResult(mode, min_lr, max_lr, num_training)
     try:
         for group in optimizer.param_groups:
@@ -234,20 +229,12 @@ def run_range_test(trainer: Any, module: Any, min_lr: float, max_lr: float, num_
         test_run.use_optimizers(fit_run.optimizers, [LRSchedulerConfig(schedule, interval="step")])
         state.sanity_checked = True
         trainer.run_context = test_run
-        try:
-            module.train()
-            state.training = True
-            loop.run_fit(test_run)
-        finally:
-            trainer.run_context = fit_run
+        module.train()
+        state.training = True
+        loop.run_fit(test_run)
         result.results = trainer.strategy.broadcast({"lr": recorder.lrs, "loss": recorder.losses})
     finally:
-        module.load_state_dict(weights)
-        optimizer.load_state_dict(opt_state)
-        restore_rng(rng)
-        state.restore(saved_state)
-        state.sanity_checked = False  # the fit that hosted the test runs its sanity check
-        trainer.metric_store.clear_views()
+        snapshot.restore()
     if update_attr:
         lr = result.suggestion()
         if lr is not None:
