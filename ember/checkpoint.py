@@ -538,7 +538,10 @@ def _check_version(ckpt: dict[str, Any], path: str) -> None:
 def load_state_into(module: torch.nn.Module, state: dict[str, Any], path: str, strict: bool = True,
                     strategy: Any = None) -> None:
     """``module.load_state_dict`` with an error that lists what does not match (nothing is loaded then)."""
+    from .compile import strip_compile_prefix
+
     own = module.state_dict()
+    state = strip_compile_prefix(state, own)  # saved from torch.compile(model) itself
     shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor)
               and v.shape != own[k].shape]

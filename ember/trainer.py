@@ -26,6 +26,7 @@ from .callbacks.callback import Callback
 from .callbacks.defaults import (checkpoints_last, is_checkpoint, is_early_stopping, is_progress_bar,
                                  trainer_callbacks)
 from .callbacks.lr_finder import TunerExit
+from .compile import unwrap_compiled
 from .config import TRAINER_ATTRIBUTES, TrainerConfig
 from .data import RunLoaders
 from .datamodule import split_datamodule
@@ -216,6 +217,7 @@ class Trainer:
             if self.lightning_module is None:
                 raise ValueError(f"Trainer.{stage}() needs a model: pass one, or call fit() with one first.")
             model = self.lightning_module
+        model = unwrap_compiled(model)  # torch.compile(module): train the module itself, compiled (ember.compile)
         if not isinstance(model, LightningModule):
             raise TypeError(f"Trainer.{stage}() needs an ember.LightningModule; got {type(model).__name__}. Subclass "
                             "ember.LightningModule (import ember as L; class Model(L.LightningModule)).")
