@@ -80,6 +80,7 @@ class Trainer:
         barebones: bool = False, plugins: Any = None, sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0, default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True, model_registry: str | None = None,
+        microbatch_on_oom: bool = False,  # ember's own from here on (Lightning has none of these)
     ) -> None:
         settings = {k: v for k, v in locals().items() if k not in _OBJECT_ARGUMENTS}
         self.config = config = TrainerConfig.from_arguments(**settings)  # every setting checked before any work
