@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 # Flags ember refuses rather than ignores, with the value that means "off".
-NOT_IMPLEMENTED = (("profiler", None), ("plugins", None), ("model_registry", None), ("sync_batchnorm", False))
+NOT_IMPLEMENTED = (("profiler", None), ("model_registry", None), ("sync_batchnorm", False))
 
 _LIMIT_HELP = "an int >= 0 (batches) or a float in [0.0, 1.0] (fraction)"
 

@@ -32,6 +32,7 @@ from .data import RunLoaders
 from .datamodule import split_datamodule
 from .hooks import HookDispatcher, is_overridden
 from .logging import MetricStore, as_floats, print_eval_results
+from .plugins import cluster_environment
 from .loggers.defaults import default_loggers
 from .module import LightningModule
 from .runtime import accelerator as _accelerator
@@ -41,7 +42,7 @@ from .state import FitState
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 # The Trainer's arguments it resolves itself into objects; all the others are settings (TrainerConfig).
-_OBJECT_ARGUMENTS = ("self", "accelerator", "strategy", "devices", "precision", "callbacks")
+_OBJECT_ARGUMENTS = ("self", "accelerator", "strategy", "devices", "precision", "callbacks", "plugins")
 _VERB = {"fit": "training", "validate": "validating", "test": "testing", "predict": "predicting"}
 
 
@@ -89,6 +90,7 @@ class Trainer:
         self.precision = Precision(canonical("32-true" if precision is None else precision), self.accelerator.name)
         self.strategy = _strategy.choose(strategy, self.accelerator, num_nodes)
         self.strategy.connect(self.accelerator, self.precision)
+        self.cluster_environment = cluster_environment(plugins)  # SLURMEnvironment (auto-requeue) or None
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=config.deterministic == "warn")
         if config.benchmark is not None and torch.backends.cudnn.is_available():
