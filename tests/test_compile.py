@@ -2,31 +2,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember as L
+from compile_backends import BACKENDS
 from ember.compile import strip_compile_prefix, uncompile_step
-
-
-def _inductor_skip_reason() -> str | None:
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        return "inductor needs a C++ compiler; none on PATH"
-    try:
-        subprocess.run([cxx, "--version"], check=True, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"the C++ compiler does not run: {exc}"
-    return None
-
-
-BACKENDS = ["eager", "aot_eager",
-            pytest.param("inductor", marks=pytest.mark.skipif(_inductor_skip_reason() is not None,
-                                                                reason=str(_inductor_skip_reason())))]
 
 
 class Net(L.LightningModule):

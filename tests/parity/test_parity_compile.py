@@ -5,30 +5,11 @@ after fit equal an uncompiled run's, and the checkpoints carry no ``_orig_mod.``
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 import torch
 
+from compile_backends import BACKENDS
 from parity_harness import assert_same_metrics, assert_same_weights, boring_class, loader, quiet, run_both, weights
-
-
-def _inductor_builds() -> str | None:
-    """None when inductor can compile on this machine, else why not (it needs a working C++ compiler)."""
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        return "inductor needs a C++ compiler; none on PATH"
-    try:
-        subprocess.run([cxx, "--version"], check=True, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"the C++ compiler does not run: {exc}"
-    return None
-
-
-BACKENDS = ["eager", "aot_eager",
-            pytest.param("inductor", marks=pytest.mark.skipif(_inductor_builds() is not None,
-                                                                reason=str(_inductor_builds())))]
 
 
 def step_without_log(self, batch, batch_idx):
