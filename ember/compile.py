@@ -34,17 +34,22 @@ class LogCapture:
     def __init__(self, module: Any) -> None:
         self.module = module
         self.calls: list[tuple[str, Any, tuple, dict]] = []
+        self.outer: Any = None  # an enclosing capture's recorder (a compiled step inside a microbatched one)
 
     def record(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         self.calls.append((name, value, args, kwargs))
 
     def __enter__(self) -> "LogCapture":
         self.calls = []
+        self.outer = self.module.__dict__.get("log")
         self.module.__dict__["log"] = self.record
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.module.__dict__.pop("log", None)
+        if self.outer is None:
+            self.module.__dict__.pop("log", None)
+        else:
+            self.module.__dict__["log"] = self.outer  # replay then feeds the enclosing capture
 
     def replay(self) -> None:
         """Hand every recorded call to the real ``self.log``, in order."""

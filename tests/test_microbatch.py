@@ -170,3 +170,15 @@ def test_bad_settings_and_unsplittable_batches_are_refused(tmp_path):
     parts, shares = split_batch({"a": torch.arange(5), "b": (torch.arange(5) * 2,)}, 2)
     assert [p["a"].tolist() for p in parts] == [[0, 1, 2], [3, 4]] and shares == [0.6, 0.4]
     assert parts[1]["b"][0].tolist() == [6, 8]
+
+
+def test_a_compiled_step_splits_too_and_logs_the_whole_batch(tmp_path):
+    plain = Net()
+    t_plain = fit(tmp_path / "plain", plain)
+    split = L.compile_step(Net(forward_limit=6), backend="eager")
+    t = fit(tmp_path / "split", split, microbatch_on_oom=True)
+    assert_close_weights(plain, split)
+    assert t.state.microbatch_rows == 4
+    for key in ("train_loss_step", "train_loss_epoch"):
+        torch.testing.assert_close(t.callback_metrics[key], t_plain.callback_metrics[key], rtol=1e-6, atol=1e-7)
+    assert "never_logged" not in t.callback_metrics and "log" not in split.__dict__
