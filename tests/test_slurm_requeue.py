@@ -152,6 +152,7 @@ def test_lightnings_import_path_and_the_plugin_argument():
     import ember.pytorch.plugins.environments as lightning_path
 
     assert lightning_path.SLURMEnvironment is SLURMEnvironment
+    assert L.pytorch.plugins.environments.SLURMEnvironment is SLURMEnvironment  # attribute access, no import
     trainer = L.Trainer(plugins=[SLURMEnvironment(auto_requeue=False)], logger=False)
     assert trainer.cluster_environment.auto_requeue is False
     assert L.Trainer(plugins=SLURMEnvironment(), logger=False).cluster_environment.requeue_signal == signal.SIGUSR1

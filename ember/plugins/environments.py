@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 
 
@@ -79,6 +78,8 @@ class SLURMEnvironment:
     def requeue(self) -> bool:
         """Run ``scontrol requeue <job id>``; True when it succeeded. Failures are reported, not raised: the
         checkpoint is already saved, and the job can be resubmitted by hand."""
+        import subprocess
+
         job = self.job_id()
         if job is None or not re.fullmatch(r"[0-9]+(_[0-9]+)?", job):
             _say(f"no SLURM job to requeue (SLURM_JOB_ID={job!r}); resubmit the job by hand to resume.")
