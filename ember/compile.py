@@ -153,10 +153,17 @@ def unwrap_compiled(model: Any) -> Any:
         raise TypeError(f"The compiled model wraps a {type(inner).__name__}, not an ember.LightningModule; compile "
                         "the LightningModule itself: torch.compile(MyModule()).")
     if not isinstance(inner.__dict__.get("forward"), _CompiledForward):
-        compiler = model.dynamo_ctx  # the backend, mode and options the user chose
+        # The backend, mode and options the user chose (a torch without the attribute: torch.compile's defaults).
+        compiler = getattr(model, "dynamo_ctx", None) or _default_compiler
         inner.__dict__["forward"] = _CompiledForward(inner, compiler)
         _install(inner, STEP_METHODS, compiler)
     return inner
+
+
+def _default_compiler(fn: Callable) -> Callable:
+    import torch
+
+    return torch.compile(fn)
 
 
 def strip_compile_prefix(state: dict[str, Any], own_keys: Any) -> dict[str, Any]:
