@@ -63,3 +63,23 @@ def test_self_log_in_a_compiled_training_step_logs_in_ember_where_lightning_fail
     assert emb["metrics"].keys() == {"train_loss", "train_loss_step", "train_loss_epoch", "val_loss"}
     assert_same_metrics(plain["metrics"], emb["metrics"], rel=0)
     assert emb["ckpt_keys"] == ["layer.bias", "layer.weight"]
+
+
+def compiled_with_recorded_hooks(L, tmp_path):
+    from parity_harness import recording_callback
+
+    torch._dynamo.reset()
+    calls: list = []
+    model = boring_class(L, lr=0.05, training_step=step_without_log)()
+    trainer = L.Trainer(**quiet(tmp_path, max_epochs=2, callbacks=[recording_callback(L, calls)]))
+    trainer.fit(torch.compile(model, backend="aot_eager"), train_dataloaders=loader(), val_dataloaders=loader(n=8))
+    return {"calls": calls, "weights": weights(model)}
+
+
+def test_compiled_fit_calls_the_callbacks_as_lightning_does(tmp_path):
+    lit, emb = run_both(compiled_with_recorded_hooks, tmp_path=tmp_path)
+    from parity_harness import first_difference
+
+    assert lit["calls"] == emb["calls"], first_difference(lit["calls"], emb["calls"])
+    assert sum(1 for c in emb["calls"] if c[0] == "cb.on_train_batch_end") == 8
+    assert_same_weights(lit["weights"], emb["weights"])
