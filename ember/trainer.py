@@ -32,9 +32,9 @@ from .data import RunLoaders
 from .datamodule import split_datamodule
 from .hooks import HookDispatcher, is_overridden
 from .logging import MetricStore, as_floats, print_eval_results
-from .plugins import cluster_environment
 from .loggers.defaults import default_loggers
 from .module import LightningModule
+from .plugins import cluster_environment
 from .runtime import accelerator as _accelerator
 from .runtime import strategy as _strategy
 from .runtime.precision import Precision, canonical
@@ -85,12 +85,12 @@ class Trainer:
     ) -> None:
         settings = {k: v for k, v in locals().items() if k not in _OBJECT_ARGUMENTS}
         self.config = config = TrainerConfig.from_arguments(**settings)  # every setting checked before any work
+        self.cluster_environment = cluster_environment(plugins)  # SLURMEnvironment (auto-requeue) or None
         # ---- device, precision, strategy (each one small object) ----
         self.accelerator = _accelerator.choose(accelerator, devices)
         self.precision = Precision(canonical("32-true" if precision is None else precision), self.accelerator.name)
         self.strategy = _strategy.choose(strategy, self.accelerator, num_nodes)
         self.strategy.connect(self.accelerator, self.precision)
-        self.cluster_environment = cluster_environment(plugins)  # SLURMEnvironment (auto-requeue) or None
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=config.deterministic == "warn")
         if config.benchmark is not None and torch.backends.cudnn.is_available():
