@@ -93,16 +93,7 @@ def test_killing_the_launching_process_stops_the_other_ranks_within_the_bound(tm
 def test_sigterm_to_the_launching_process_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
     """Preemption under DDP: the ranks vote after each batch, so all of them stop, save and exit together."""
     out = str(tmp_path)
-    job = J.start("failure.py", out, "hang", cwd=out, log=os.path.join(out, "log"))
-    try:
-        launcher, _ = _wait_for_pids(out, job)
-        sent = time.monotonic()
-        os.kill(launcher, signal.SIGTERM)
-        code = job.wait(timeout=FAILURE_EXIT_BOUND_S + 20)
-        seconds = time.monotonic() - sent
-    finally:
-        job.kill()
-    log = open(os.path.join(out, "log")).read()
+    code, seconds, log = _signal_the_launcher(out, signal.SIGTERM, "hang")
     assert code == 128 + signal.SIGTERM, log[-3000:]
     assert seconds < FAILURE_EXIT_BOUND_S
     assert os.path.isfile(os.path.join(out, "last.ckpt")) and "saved a resumable checkpoint" in log
@@ -117,18 +108,24 @@ def test_sigusr1_under_slurm_auto_requeue_stops_every_rank_saves_and_requeues_on
     (fake_bin / "scontrol").write_text('#!/bin/sh\nprintf "%s\\n" "$@" >> "$SCONTROL_RECORD"\n')
     (fake_bin / "scontrol").chmod(0o755)
     record = tmp_path / "scontrol.txt"
-    job = J.start("failure.py", out, "requeue", cwd=out, log=os.path.join(out, "log"), SLURM_JOB_ID="31",
-                  SCONTROL_RECORD=str(record), PATH=f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
-    try:
-        launcher, _ = _wait_for_pids(out, job)
-        sent = time.monotonic()
-        os.kill(launcher, signal.SIGUSR1)
-        code = job.wait(timeout=FAILURE_EXIT_BOUND_S + 20)
-        seconds = time.monotonic() - sent
-    finally:
-        job.kill()
-    log = open(os.path.join(out, "log")).read()
+    code, seconds, log = _signal_the_launcher(out, signal.SIGUSR1, "requeue", SLURM_JOB_ID="31",
+                                              SCONTROL_RECORD=str(record),
+                                              PATH=f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     assert code == 128 + signal.SIGUSR1, log[-3000:]
     assert seconds < FAILURE_EXIT_BOUND_S
     assert os.path.isfile(os.path.join(out, "last.ckpt")) and "stopped by SIGUSR1" in log
     assert record.read_text().split() == ["requeue", "31"]  # once, from rank 0
+
+
+def _signal_the_launcher(out: str, signum: int, mode: str, **env: str) -> tuple[int, float, str]:
+    """Start failure.py in ``mode``, send ``signum`` to rank 0 once both ranks train; (exit code, seconds, log)."""
+    job = J.start("failure.py", out, mode, cwd=out, log=os.path.join(out, "log"), **env)
+    try:
+        launcher, _ = _wait_for_pids(out, job)
+        sent = time.monotonic()
+        os.kill(launcher, signum)
+        code = job.wait(timeout=FAILURE_EXIT_BOUND_S + 20)
+        seconds = time.monotonic() - sent
+    finally:
+        job.kill()
+    return code, seconds, open(os.path.join(out, "log")).read()
