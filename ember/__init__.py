@@ -22,10 +22,11 @@ _LAZY = {
     "Callback": ".callbacks.callback",
     "seed_everything": ".utilities.seed",
     "NonFiniteLossError": ".step",
+    "compile_step": ".compile",
 }
 _SUBMODULES = {"callbacks", "loggers", "tuner", "utilities", "checkpoint", "runtime", "loop", "hooks", "module",
                "trainer", "datamodule", "optim", "logging", "strategies", "config", "state", "data", "step",
-               "hparams", "cli"}
+               "hparams", "cli", "compile", "plugins"}
 
 __all__ = [*_LAZY, "__version__"]
 

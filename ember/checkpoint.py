@@ -538,7 +538,10 @@ def _check_version(ckpt: dict[str, Any], path: str) -> None:
 def load_state_into(module: torch.nn.Module, state: dict[str, Any], path: str, strict: bool = True,
                     strategy: Any = None) -> None:
     """``module.load_state_dict`` with an error that lists what does not match (nothing is loaded then)."""
+    from .compile import strip_compile_prefix
+
     own = module.state_dict()
+    state = strip_compile_prefix(state, own)  # saved from torch.compile(model) itself
     shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor)
               and v.shape != own[k].shape]
@@ -784,25 +787,31 @@ def preemption_guard(trainer: Any) -> Iterator[None]:
 
     The handler only sets flags; the loop acts on them at the next step
     boundary (``loop.stop_within_epoch``), so no step is ever cut in half.
+    With ``Trainer(plugins=[SLURMEnvironment(auto_requeue=True)])`` its requeue
+    signal (SIGUSR1) takes the same path and, once the checkpoint is saved,
+    rank 0 requeues the job (``ember.plugins.environments``).
     """
-    state = trainer.state
-    previous = None
-    installed = threading.current_thread() is threading.main_thread()
-    if installed:
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous is signal.SIG_IGN:
-            installed = False  # the program asked to ignore SIGTERM; respect that
+    state, environment = trainer.state, trainer.cluster_environment
+    requeue_signal = environment.requeue_signal if environment is not None and environment.auto_requeue else None
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+        if previous[signal.SIGTERM] is signal.SIG_IGN:
+            previous = {}  # the program asked to ignore SIGTERM; respect that
+        if requeue_signal is not None:
+            previous[requeue_signal] = signal.getsignal(requeue_signal)  # asked for explicitly: always installed
 
-    def on_sigterm(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if state.preempt_signal is None:
             print(f"ember: received {signal.Signals(signum).name}; finishing the current step, then saving a "
                   "checkpoint.", file=sys.stderr, flush=True)
         state.preempt_signal, state.should_stop = signum, True
-        if callable(previous):
-            previous(signum, frame)
+        if callable(previous.get(signum)):
+            previous[signum](signum, frame)
 
-    if installed:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    on_signal.ember_preemption = True  # type: ignore[attr-defined]  # DDP defers it to its stop vote (runtime.ddp)
+    for signum in previous:
+        signal.signal(signum, on_signal)
     try:
         yield
         if state.preempt_signal is not None:
@@ -815,10 +824,12 @@ def preemption_guard(trainer: Any) -> Iterator[None]:
                   f"{trainer.current_epoch}); saved a resumable checkpoint to {exc.checkpoint_path}. Resume with "
                   f"trainer.fit(..., ckpt_path={exc.checkpoint_path!r}) or ckpt_path=\"last\". Exiting with status "
                   f"{exc.code}.", file=sys.stderr, flush=True)
+            if exc.signum == requeue_signal:
+                environment.requeue()  # only once the checkpoint is on disk
         raise
     finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         state.preempt_signal = None
 
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 # Flags ember refuses rather than ignores, with the value that means "off".
-NOT_IMPLEMENTED = (("profiler", None), ("plugins", None), ("model_registry", None), ("sync_batchnorm", False))
+NOT_IMPLEMENTED = (("profiler", None), ("model_registry", None), ("sync_batchnorm", False))
 
 _LIMIT_HELP = "an int >= 0 (batches) or a float in [0.0, 1.0] (fraction)"
 
@@ -117,6 +117,8 @@ class TrainerConfig:
     use_logger: bool = True  # False: fast_dev_run or barebones switch every logger off
     # A non-finite loss stops training before the optimizer step that would spread it into the weights.
     check_finite_loss: bool = True
+    # ember: on torch.OutOfMemoryError split the batch into microbatches (ember.microbatch).
+    microbatch_on_oom: bool = False
 
     def __post_init__(self) -> None:
         _check_int("max_epochs", self.max_epochs, -1, extra=" (-1 means no limit)")
@@ -142,6 +144,9 @@ class TrainerConfig:
             raise ValueError(f"Trainer(deterministic={self.deterministic!r}) is not valid; allowed: None, True, "
                              "False, 'warn'.")
         _check_int("fast_dev_run", self.fast_dev_run, 0, allow_none=False, extra=" or a bool")
+        if not isinstance(self.microbatch_on_oom, bool):
+            raise ValueError(f"Trainer(microbatch_on_oom={self.microbatch_on_oom!r}) is not valid; allowed: True, "
+                             "False.")
 
     @classmethod
     def from_arguments(cls, *, num_nodes: int = 1, max_epochs: int | None = None, max_time: Any = None,

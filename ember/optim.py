@@ -92,6 +92,10 @@ def check_optimization(module: Any, config: Any, optimizers: list[Any]) -> None:
         if config.gradient_clip_val:
             raise ValueError(f"Trainer(gradient_clip_val={config.gradient_clip_val}) does not apply to manual "
                              "optimization; call self.clip_gradients(opt, gradient_clip_val=...) in training_step.")
+        if config.microbatch_on_oom:
+            raise ValueError("Trainer(microbatch_on_oom=True) does not apply to manual optimization: training_step "
+                             "runs its own backward, so ember cannot split it. Leave it False, or split the batch "
+                             "in training_step yourself.")
     elif len(optimizers) > 1:
         raise ValueError(f"configure_optimizers() returned {len(optimizers)} optimizers; automatic optimization steps "
                          "one. Set `self.automatic_optimization = False` and step them yourself in training_step.")

@@ -86,6 +86,7 @@ class FitState:
     # ---- exact resume ----
     epoch_start_rng: dict[str, Any] | None = None  # the RNG the epoch's iterator was opened with
     resume: ResumePoint | None = None  # set by a mid-epoch checkpoint, consumed when the epoch reopens
+    microbatch_rows: int | None = None  # Trainer(microbatch_on_oom=True): rows per microbatch since an OOM
 
     COUNTERS = ("current_epoch", "global_step", "batches_that_stepped", "total_batches_run")
 

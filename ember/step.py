@@ -81,6 +81,12 @@ class EpochPlan:
         # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
         self.training_step = strategy.step_method(module, "training_step")
         self.run_step = automatic_step if module.automatic_optimization else manual_step
+        # Trainer(microbatch_on_oom=True) swaps in the forward/backward that splits a batch on an OOM
+        # (ember.microbatch); off, the plain one runs and nothing is checked per batch.
+        self.forward_backward = _forward_backward
+        if config.microbatch_on_oom and module.automatic_optimization:
+            from .microbatch import MicrobatchedForwardBackward
+            self.forward_backward = MicrobatchedForwardBackward(run, self)
         self.last_loss: Tensor | None = None
 
 
@@ -92,12 +98,12 @@ def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any
         # Inside an accumulation window: no optimizer step. DDP decides in the forward whether the backward
         # all-reduces, so the whole step runs without sync.
         with run.strategy.no_backward_sync(True):
-            out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, False)
+            out, loss = plan.forward_backward(run, batch, batch_idx, plan, window_pos, False)
         state.accumulated = window_pos + 1
     else:
         if not plan.closure:
             # Same arithmetic as optimizer.step(closure), without building a closure per step.
-            out, loss = _forward_backward(run, batch, batch_idx, plan, window_pos, True)
+            out, loss = plan.forward_backward(run, batch, batch_idx, plan, window_pos, True)
             if loss is not None:
                 plan.step_optimizer()
             else:
@@ -125,7 +131,7 @@ def _step_with_closure(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, wi
     result: list[Any] = [None, None]
 
     def closure() -> Any:
-        result[0], result[1] = _forward_backward(run, batch, batch_idx, plan, window_pos, True)
+        result[0], result[1] = plan.forward_backward(run, batch, batch_idx, plan, window_pos, True)
         return result[1]
 
     if plan.user_optimizer_step:

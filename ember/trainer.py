@@ -25,6 +25,7 @@ from . import loop
 from .callbacks.callback import Callback
 from .callbacks.defaults import checkpoints_last, is_checkpoint, is_early_stopping, is_progress_bar, trainer_callbacks
 from .callbacks.lr_finder import TunerExit
+from .compile import unwrap_compiled
 from .config import TRAINER_ATTRIBUTES, TrainerConfig
 from .data import RunLoaders
 from .datamodule import split_datamodule
@@ -33,13 +34,14 @@ from .logging import MetricStore, as_floats, print_eval_results
 from .loggers.base import Logger
 from .loggers.defaults import default_loggers
 from .module import LightningModule
+from .plugins import cluster_environment
 from .runtime import accelerator as _accelerator, strategy as _strategy
 from .runtime.precision import Precision, canonical
 from .state import FitState
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 # The Trainer's arguments it resolves itself into objects; all the others are settings (TrainerConfig).
-_OBJECT_ARGUMENTS = ("self", "accelerator", "strategy", "devices", "precision", "callbacks")
+_OBJECT_ARGUMENTS = ("self", "accelerator", "strategy", "devices", "precision", "callbacks", "plugins")
 _VERB = {"fit": "training", "validate": "validating", "test": "testing", "predict": "predicting"}
 
 
@@ -79,9 +81,11 @@ class Trainer:
         barebones: bool = False, plugins: Any = None, sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0, default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True, model_registry: str | None = None,
+        microbatch_on_oom: bool = False,  # ember's own from here on (Lightning has none of these)
     ) -> None:
         settings = {k: v for k, v in locals().items() if k not in _OBJECT_ARGUMENTS}
         self.config = config = TrainerConfig.from_arguments(**settings)  # every setting checked before any work
+        self.cluster_environment = cluster_environment(plugins)  # SLURMEnvironment (auto-requeue) or None
         # ---- device, precision, strategy (each one small object) ----
         self.accelerator = _accelerator.choose(accelerator, devices)
         self.precision = Precision(canonical("32-true" if precision is None else precision), self.accelerator.name)
@@ -216,6 +220,7 @@ class Trainer:
             if self.lightning_module is None:
                 raise ValueError(f"Trainer.{stage}() needs a model: pass one, or call fit() with one first.")
             model = self.lightning_module
+        model = unwrap_compiled(model)  # torch.compile(module): train the module itself, compiled (ember.compile)
         if not isinstance(model, LightningModule):
             raise TypeError(f"Trainer.{stage}() needs an ember.LightningModule; got {type(model).__name__}. Subclass "
                             "ember.LightningModule (import ember as L; class Model(L.LightningModule)).")

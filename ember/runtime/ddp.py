@@ -269,16 +269,20 @@ class ParallelStrategy(Strategy):
         return None
 
     def _defer_sigterm(self) -> None:
+        """Route the fit's preemption signals (SIGTERM, and a SLURM requeue signal) through the vote."""
         import signal
         import threading
 
-        current = signal.getsignal(signal.SIGTERM)
-        if current == self._record_signal:  # (a bound method: equal, not identical, on each access)
+        if threading.current_thread() is not threading.main_thread():
             return
-        self._deferred_to = None
-        if callable(current) and threading.current_thread() is threading.main_thread():
-            self._deferred_to = current  # runs later, inside a vote, on every rank at the same batch
-            signal.signal(signal.SIGTERM, self._record_signal)  # the fit's guard restores its own at the end
+        # The fit's guard marks its handler (ember.checkpoint.preemption_guard); it may handle several signals.
+        guarded = [s for s in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+                   if getattr(signal.getsignal(s), "ember_preemption", False)]
+        if not guarded:
+            return  # none, or already deferred (the handlers are then this strategy's _record_signal)
+        self._deferred_to = signal.getsignal(guarded[0])  # runs later, inside a vote, on every rank at the same batch
+        for signum in guarded:
+            signal.signal(signum, self._record_signal)  # the fit's guard restores its own at the end
 
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._local_signal = signum

@@ -32,9 +32,9 @@ def run(script: str, *args: str, timeout: float, cwd: str, prefix: tuple[str, ..
     return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def start(script: str, *args: str, cwd: str, log: str) -> subprocess.Popen:
+def start(script: str, *args: str, cwd: str, log: str, **env: str) -> subprocess.Popen:
     out = open(log, "w")
-    return subprocess.Popen([sys.executable, os.path.join(JOBS, script), *args], cwd=cwd, env=clean_env(),
+    return subprocess.Popen([sys.executable, os.path.join(JOBS, script), *args], cwd=cwd, env=clean_env(**env),
                             stdout=out, stderr=subprocess.STDOUT)
 
 

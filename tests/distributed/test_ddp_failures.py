@@ -93,16 +93,39 @@ def test_killing_the_launching_process_stops_the_other_ranks_within_the_bound(tm
 def test_sigterm_to_the_launching_process_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
     """Preemption under DDP: the ranks vote after each batch, so all of them stop, save and exit together."""
     out = str(tmp_path)
-    job = J.start("failure.py", out, "hang", cwd=out, log=os.path.join(out, "log"))
+    code, seconds, log = _signal_the_launcher(out, signal.SIGTERM, "hang")
+    assert code == 128 + signal.SIGTERM, log[-3000:]
+    assert seconds < FAILURE_EXIT_BOUND_S
+    assert os.path.isfile(os.path.join(out, "last.ckpt")) and "saved a resumable checkpoint" in log
+
+
+def test_sigusr1_under_slurm_auto_requeue_stops_every_rank_saves_and_requeues_once(tmp_path):
+    """SLURMEnvironment(auto_requeue=True) under DDP: SIGUSR1 takes the SIGTERM vote, every rank stops after the
+    same step, the checkpoint is saved, and rank 0 alone runs (a fake) `scontrol requeue`."""
+    out = str(tmp_path)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text('#!/bin/sh\nprintf "%s\\n" "$@" >> "$SCONTROL_RECORD"\n')
+    (fake_bin / "scontrol").chmod(0o755)
+    record = tmp_path / "scontrol.txt"
+    code, seconds, log = _signal_the_launcher(out, signal.SIGUSR1, "requeue", SLURM_JOB_ID="31",
+                                              SCONTROL_RECORD=str(record),
+                                              PATH=f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert code == 128 + signal.SIGUSR1, log[-3000:]
+    assert seconds < FAILURE_EXIT_BOUND_S
+    assert os.path.isfile(os.path.join(out, "last.ckpt")) and "stopped by SIGUSR1" in log
+    assert record.read_text().split() == ["requeue", "31"]  # once, from rank 0
+
+
+def _signal_the_launcher(out: str, signum: int, mode: str, **env: str) -> tuple[int, float, str]:
+    """Start failure.py in ``mode``, send ``signum`` to rank 0 once both ranks train; (exit code, seconds, log)."""
+    job = J.start("failure.py", out, mode, cwd=out, log=os.path.join(out, "log"), **env)
     try:
         launcher, _ = _wait_for_pids(out, job)
         sent = time.monotonic()
-        os.kill(launcher, signal.SIGTERM)
+        os.kill(launcher, signum)
         code = job.wait(timeout=FAILURE_EXIT_BOUND_S + 20)
         seconds = time.monotonic() - sent
     finally:
         job.kill()
-    log = open(os.path.join(out, "log")).read()
-    assert code == 128 + signal.SIGTERM, log[-3000:]
-    assert seconds < FAILURE_EXIT_BOUND_S
-    assert os.path.isfile(os.path.join(out, "last.ckpt")) and "saved a resumable checkpoint" in log
+    return code, seconds, open(os.path.join(out, "log")).read()

@@ -49,9 +49,9 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, shuffle=True)
 
 
-def trainer(ckpt_dir: str | None, max_epochs: int) -> L.Trainer:
+def trainer(ckpt_dir: str | None, max_epochs: int, **extra) -> L.Trainer:
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1)] if ckpt_dir else []
     return L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=max_epochs, logger=False,
                      default_root_dir=os.getcwd(),
                      enable_checkpointing=bool(ckpt_dir), enable_progress_bar=False, enable_model_summary=False,
-                     callbacks=callbacks)
+                     callbacks=callbacks, **extra)
