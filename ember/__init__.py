@@ -25,7 +25,7 @@ _LAZY = {
 }
 _SUBMODULES = {"callbacks", "loggers", "tuner", "utilities", "checkpoint", "runtime", "loop", "hooks", "module",
                "trainer", "datamodule", "optim", "logging", "strategies", "config", "state", "data", "step",
-               "hparams"}
+               "hparams", "profilers"}
 
 __all__ = [*_LAZY, "__version__"]
 

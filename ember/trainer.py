@@ -33,6 +33,7 @@ from .hooks import HookDispatcher, is_overridden
 from .logging import MetricStore, as_floats, print_eval_results
 from .loggers.defaults import default_loggers
 from .module import LightningModule
+from .profilers.wiring import choose_profiler, start_profiling, timed
 from .runtime import accelerator as _accelerator
 from .runtime import strategy as _strategy
 from .runtime.precision import Precision, canonical
@@ -94,6 +95,7 @@ class Trainer:
         # ---- loggers and callbacks ----
         self.loggers = default_loggers(logger if config.use_logger else False, config.default_root_dir)
         self.callbacks: list[Callback] = trainer_callbacks(callbacks, config)
+        self.profiler = choose_profiler(profiler)  # a PassThroughProfiler when None (records nothing)
         # ---- what a run works with ----
         self.state = FitState()
         self.data = RunLoaders(config, self.strategy)
@@ -231,8 +233,9 @@ class Trainer:
 
         if self.lightning_module is None:
             raise ValueError("Trainer.save_checkpoint() needs a model attached; call fit(), validate() or test() first.")
-        state = dump_checkpoint(self, weights_only=weights_only)
-        self.strategy.save_checkpoint(state, os.fspath(filepath))  # rank 0 writes (sharded strategies: every rank)
+        with self.profiler.profile("save_checkpoint"):
+            state = dump_checkpoint(self, weights_only=weights_only)
+            self.strategy.save_checkpoint(state, os.fspath(filepath))  # rank 0 writes (sharded: every rank)
         self.strategy.barrier("save_checkpoint")
 
     # ------------------------------------------------------------------ one run
@@ -255,7 +258,7 @@ class Trainer:
             module.prepare_data()
         self.strategy.barrier("prepare_data")  # other ranks wait for the download before setup() reads it
         if datamodule is not None:
-            datamodule.setup(stage)
+            timed(run.profiler, datamodule, "setup")(stage)
         run.hooks.call("setup", stage)
         module.configure_model()
         self.strategy.setup_module(module)
@@ -272,6 +275,7 @@ class Trainer:
             raise
         except BaseException as exc:
             self.state.interrupted = True
+            self.profiler.teardown(stage)
             run.hooks.call("on_exception", exc)
             if datamodule is not None:
                 datamodule.on_exception(exc)  # after the callbacks, as Lightning does
@@ -282,8 +286,9 @@ class Trainer:
             self.state.training = False
         run.hooks.call("teardown", stage)
         if datamodule is not None:
-            datamodule.teardown(stage)
+            timed(run.profiler, datamodule, "teardown")(stage)
         self.strategy.teardown()
+        self.profiler.describe()  # the summary, printed or written to dirpath/<stage>-<filename>.txt
         return result
 
     def _new_run(self, module: LightningModule, datamodule: Any) -> loop.Run:
@@ -296,16 +301,17 @@ class Trainer:
         state = self.state
         state.should_stop = state.interrupted = state.sanity_checked = False
         # Callbacks the model brings replace the Trainer's of the same type (Lightning's rule).
-        extra = module.configure_callbacks()
+        profiler = start_profiling(self)  # None while none records
+        extra = timed(profiler, module, "configure_callbacks")()
         if extra:
             extra = [extra] if isinstance(extra, Callback) else list(extra)
             kinds = {type(cb) for cb in extra}
             self.callbacks = checkpoints_last([cb for cb in self.callbacks if type(cb) not in kinds] + extra)
-        self.data.attach(module, datamodule, self.config)
+        self.data.attach(module, datamodule, self.config, profiler)
         run = self.run_context = loop.Run(
             module, state, self.config, self.data, self.strategy, self.precision,
-            HookDispatcher(self, module, self.callbacks), self.metric_store, self.loggers,
-            batch_hooks=any(is_overridden(module, h, LightningModule) for h in _BATCH_HOOKS))
+            HookDispatcher(self, module, self.callbacks, profiler), self.metric_store, self.loggers,
+            batch_hooks=any(is_overridden(module, h, LightningModule) for h in _BATCH_HOOKS), profiler=profiler)
         run.use_optimizers(self.optimizers, self.lr_scheduler_configs)
         return run
 
@@ -314,7 +320,7 @@ class Trainer:
         from .optim import check_optimization, parse
 
         module = run.module
-        self.optimizers, self.lr_scheduler_configs = parse(module.configure_optimizers())
+        self.optimizers, self.lr_scheduler_configs = parse(timed(run.profiler, module, "configure_optimizers")())
         check_optimization(module, self.config, self.optimizers)
         run.use_optimizers(self.optimizers, self.lr_scheduler_configs)
         # The *_dataloader hooks run where Lightning calls them (val in the sanity check, train right before
