@@ -257,3 +257,17 @@ def test_a_profiler_that_is_off_leaves_the_plain_callables_in_place(tmp_path):
     plan = EpochPlan(profiled.run_context)
     assert plan.training_step != profiled.lightning_module.training_step and plan.move_batches is True
     assert len(profiled.hooks.listeners("on_train_batch_start")) == 2  # the module's and the strategy's, timed
+
+
+def test_the_readme_profiling_example_runs(tmp_path, monkeypatch, capsys):
+    readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Profiling\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md#profiling", "exec"), {"__name__": "readme_example"})
+    out = capsys.readouterr().out
+    assert "16 training steps" in out  # 2 epochs x 8 batches
+    assert (tmp_path / "profiles" / "fit-perf.txt").read_text().startswith("FIT Profiler Report")
+    assert (tmp_path / "profiles" / "fit-torch.txt").is_file()
+    events = int(re.search(r"^(\d+) trace events in ", out, re.M).group(1))
+    assert events > 100
