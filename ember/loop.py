@@ -105,11 +105,10 @@ def run_fit(run: Run) -> None:
     _warn_if_eval_mode(run.module)
     run.metrics.enter("train", "epoch")  # on_train_start may log (epoch-level), as in Lightning
     hooks.call("on_train_start")
-    epoch = timed(run.profiler, None, "run_training_epoch", train_epoch)
     while not fit_done(run):
         data.begin_epoch(state.current_epoch)
         state.batches_seen_in_epoch = state.accumulated = 0
-        epoch(run)
+        timed(run.profiler, None, "run_training_epoch", train_epoch)(run)  # the plain function while none records
         finish_epoch(run)
     run.metrics.enter(None)  # no logging in on_train_end / on_fit_end
     hooks.call("on_train_end")

@@ -271,6 +271,7 @@ class Trainer:
                     result = self._run_stage(run, stage, loaders, ckpt_path, return_predictions)
         except TunerExit:  # the range test ended its fit on purpose: tear down as after a normal run
             run.hooks.call("teardown", stage)
+            self.profiler.teardown(stage)
             self.strategy.teardown()
             raise
         except BaseException as exc:

@@ -256,3 +256,28 @@ def test_the_readme_profiling_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "profiles" / "fit-torch.txt").is_file()
     events = int(re.search(r"^(\d+) trace events in ", out, re.M).group(1))
     assert events > 100
+
+
+def test_the_learning_rate_range_test_stops_the_torch_profiler_it_ran_under(tmp_path):
+    from ember.tuner import Tuner
+
+    trainer = L.Trainer(max_epochs=1, profiler=PyTorchProfiler(dirpath=tmp_path), default_root_dir=str(tmp_path),
+                        **QUIET)
+    finder = Tuner(trainer).lr_find(Model(), train_dataloaders=sum_loader(32, 2), num_training=5, update_attr=False)
+    assert len(finder.results["lr"]) == 5
+    assert not torch.autograd._profiler_enabled()
+
+
+def test_pytorch_profiler_without_chrome_export_writes_no_trace(tmp_path):
+    profiler = PyTorchProfiler(dirpath=tmp_path, filename="nochrome", export_to_chrome=False)
+    _fit(tmp_path, profiler, epochs=1, num_sanity_val_steps=0)
+    assert profiler.trace_paths == [] and not list(tmp_path.glob("*.json"))
+    assert "Self CPU" in (tmp_path / "fit-nochrome.txt").read_text()
+
+
+def test_an_action_that_never_ran_reads_as_empty_and_stays_out_of_the_table():
+    profiler = SimpleProfiler()
+    assert profiler.recorded_durations["never"] == [] and profiler.summary() == ""
+    with profiler.profile("once"):
+        pass
+    assert "never" not in profiler.summary() and "once" in profiler.summary()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import defaultdict
 
 from .profiler import Profiler
 
@@ -20,7 +21,8 @@ class SimpleProfiler(Profiler):
         super().__init__(dirpath=dirpath, filename=filename)
         self.extended = extended
         self.current_actions: dict[str, float] = {}
-        self.recorded_durations: dict[str, list[float]] = {}
+        # A defaultdict, as Lightning's: reading an action that never ran gives [].
+        self.recorded_durations: dict[str, list[float]] = defaultdict(list)
         self.start_time = time.perf_counter()
 
     def start(self, action_name: str) -> None:
@@ -33,13 +35,15 @@ class SimpleProfiler(Profiler):
         began = self.current_actions.pop(action_name, None)
         if began is None:
             raise ValueError(f"SimpleProfiler.stop({action_name!r}): that action was never started.")
-        self.recorded_durations.setdefault(action_name, []).append(end - began)
+        self.recorded_durations[action_name].append(end - began)
 
     def rows(self) -> list[tuple[str, float, int, float, float]]:
         """(action, mean s, calls, total s, percent of the run) per action, the most expensive first."""
         run_time = time.perf_counter() - self.start_time
         rows = []
         for action, durations in self.recorded_durations.items():
+            if not durations:
+                continue  # only read, never recorded
             total = math.fsum(durations)
             rows.append((action, total / len(durations), len(durations), total, 100.0 * total / run_time))
         # The extended table ranks by share of the run, the short one by mean duration (Lightning's choice).
@@ -48,9 +52,9 @@ class SimpleProfiler(Profiler):
 
     def summary(self) -> str:
         stage = f"{self._stage.upper()} " if self._stage else ""
-        if not self.recorded_durations:
-            return ""
         rows = self.rows()
+        if not rows:
+            return ""
         width = max(len(r[0]) for r in rows)
         if self.extended:
             header = ("Action", "Mean duration (s)", "Num calls", "Total time (s)", "Percentage %")
