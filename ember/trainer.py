@@ -33,7 +33,7 @@ from .hooks import HookDispatcher, is_overridden
 from .logging import MetricStore, as_floats, print_eval_results
 from .loggers.defaults import default_loggers
 from .module import LightningModule
-from .profilers.wiring import choose_profiler, start_profiling, timed
+from .profilers.wiring import choose_profiler, start_profiling, timed, timed_if_overridden
 from .runtime import accelerator as _accelerator
 from .runtime import strategy as _strategy
 from .runtime.precision import Precision, canonical
@@ -253,14 +253,14 @@ class Trainer:
         if self.is_global_zero and not self.quiet:
             print(f"ember: {_VERB[stage]} on {self.accelerator.describe()}", file=sys.stderr)
         if datamodule is not None and self.local_rank == 0:
-            datamodule.prepare_data()
+            timed_if_overridden(run.profiler, datamodule, "prepare_data")()
         if self.local_rank == 0:
-            module.prepare_data()
+            timed_if_overridden(run.profiler, module, "prepare_data")()
         self.strategy.barrier("prepare_data")  # other ranks wait for the download before setup() reads it
         if datamodule is not None:
             timed(run.profiler, datamodule, "setup")(stage)
         run.hooks.call("setup", stage)
-        module.configure_model()
+        timed_if_overridden(run.profiler, module, "configure_model")()
         self.strategy.setup_module(module)
         module._device = self.strategy.root_device
         try:

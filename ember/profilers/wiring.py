@@ -77,6 +77,17 @@ def timed(profiler: Profiler | None, owner: Any, hook: str, fn: Callable[..., An
     return call
 
 
+def timed_if_overridden(profiler: Profiler | None, owner: Any, hook: str) -> Callable[..., Any]:
+    """``owner.hook``, timed only when ``owner`` overrides it: Lightning calls (and times) ``prepare_data`` and
+    ``configure_model`` only then, where ember calls the no-op anyway."""
+    from ..datamodule import LightningDataModule
+    from ..hooks import is_overridden
+    from ..module import LightningModule
+
+    base = LightningDataModule if isinstance(owner, LightningDataModule) else LightningModule
+    return timed(profiler if profiler is not None and is_overridden(owner, hook, base) else None, owner, hook)
+
+
 def timed_batches(profiler: Profiler | None, action: str, pairs: Any, limit: float | None = None,
                   loader: Any = None) -> Any:
     """``pairs`` with each fetch timed as ``action``. When the number of batches is known (``limit``, or the

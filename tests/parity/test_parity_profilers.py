@@ -41,7 +41,8 @@ def fit_then_evaluate(L: Any, tmp_path: Any) -> dict[str, dict[str, int]]:
 
 
 def datamodule_and_manual(L: Any, tmp_path: Any) -> dict[str, dict[str, int]]:
-    """A LightningDataModule's hooks, and manual optimization (its bare ``optimizer_step`` action)."""
+    """A LightningDataModule's hooks, prepare_data/configure_model (timed only when overridden, in both), and
+    manual optimization (its bare ``optimizer_step`` action)."""
 
     class Data(L.LightningDataModule):
         def train_dataloader(self) -> Any:
@@ -65,10 +66,22 @@ def datamodule_and_manual(L: Any, tmp_path: Any) -> dict[str, dict[str, int]]:
 
         training_step = manual_step
 
+    class Preparing(Boring):
+        def prepare_data(self) -> None:
+            pass
+
+        def configure_model(self) -> None:
+            pass
+
+    class PreparingData(Data):
+        def prepare_data(self) -> None:
+            pass
+
     out = {}
-    for name, model in (("datamodule", Boring()), ("manual", Manual())):
+    for name, model, data in (("datamodule", Boring(), Data()), ("manual", Manual(), Data()),
+                              ("overrides", Preparing(), PreparingData())):
         profiler = L.pytorch.profilers.SimpleProfiler()
-        L.Trainer(**quiet(tmp_path, max_epochs=1, profiler=profiler)).fit(model, datamodule=Data())
+        L.Trainer(**quiet(tmp_path, max_epochs=1, profiler=profiler)).fit(model, datamodule=data)
         out[name] = _counts(profiler)
     return out
 
@@ -108,3 +121,7 @@ def test_profiled_datamodule_hooks_and_manual_optimization_match_lightning(tmp_p
     assert b["datamodule"]["[LightningDataModule]Data.train_dataloader"] == 1
     assert b["datamodule"]["[LightningDataModule]Data.setup"] == 1
     assert b["manual"]["optimizer_step"] == 4
+    assert "[LightningModule]Boring.prepare_data" not in b["datamodule"]  # not overridden: not timed
+    assert b["overrides"]["[LightningModule]Preparing.prepare_data"] == 1
+    assert b["overrides"]["[LightningModule]Preparing.configure_model"] == 1
+    assert b["overrides"]["[LightningDataModule]PreparingData.prepare_data"] == 1
