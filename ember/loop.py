@@ -319,11 +319,11 @@ def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]
     on_batch_start, on_batch_end = hooks.listeners(f"{prefix}_batch_start"), hooks.listeners(f"{prefix}_batch_end")
     forward_context, (move, prepare) = precision.has_forward_context, batch_mover(run)
     counting = not state.sanity_checking
+    fetch = f"[_EvaluationLoop].{'test' if stage == 'test' else 'val'}_next"  # Lightning's action name
     for dl_idx, loader in enumerate(loaders):
         metrics.enter(stage, "batch")
         metrics.dataloader_idx = dl_idx if multi else None
         extra = (dl_idx,) if multi else ()
-        fetch = f"[_EvaluationLoop].{'test' if stage == 'test' else 'val'}_next"  # Lightning's action name
         for batch_idx, batch in _batches(run, fetch, loader, limits[dl_idx]):
             if move:
                 batch = prepare(run, batch, dl_idx)
