@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 from .profiler import PassThroughProfiler, Profiler
 
 PROFILER_NAMES = ("simple", "advanced", "pytorch")
+_END = object()  # what next() gives for an exhausted iterator
 
 
 def choose_profiler(value: Any) -> Profiler:
@@ -106,6 +107,13 @@ def timed_batches(profiler: Profiler | None, action: str, pairs: Any, limit: flo
 
 def _timed_fetches(profiler: Profiler, action: str, pairs: Iterator[Any], count: float | None) -> Iterator[Any]:
     fetched = 0
+    if count is None:
+        # Without a length Lightning fetches the first batch ahead when the loop starts, untimed, and times every
+        # later fetch, the one that finds the end included: as many timed fetches as batches, as here.
+        first = next(pairs, _END)
+        if first is _END:
+            return
+        yield first
     while count is None or fetched < count:
         profiler.start(action)
         try:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from parity_harness import boring_class, loader, quiet, run_both
+from parity_harness import boring_class, data, loader, quiet, run_both
 
 
 def _counts(profiler: Any) -> dict[str, int]:
@@ -86,6 +86,31 @@ def datamodule_and_manual(L: Any, tmp_path: Any) -> dict[str, dict[str, int]]:
     return out
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """8 samples with no length: the loop learns that an epoch is over only when the loader runs out."""
+
+    def __iter__(self) -> Any:
+        samples = data(8)
+        return iter([samples[i] for i in range(len(samples))])
+
+
+def loaders_without_length_and_schedules(L: Any, tmp_path: Any) -> dict[str, dict[str, int]]:
+    """Loaders without len (fit, test, predict), two validation loaders checked every 2 batches, accumulation of 3."""
+    Boring, TwoVal = boring_class(L), boring_class(L, val_loaders=2)
+    stream = lambda: torch.utils.data.DataLoader(_Stream(), batch_size=2)  # noqa: E731
+    out = {}
+    for name, model, trainer_kw, call in (
+            ("stream", Boring(), {}, lambda t, m: t.fit(m, train_dataloaders=stream(), val_dataloaders=stream())),
+            ("stream_test", Boring(), {}, lambda t, m: t.test(m, dataloaders=stream(), verbose=False)),
+            ("stream_predict", Boring(), {}, lambda t, m: t.predict(m, dataloaders=stream())),
+            ("two_val_loaders", TwoVal(), dict(val_check_interval=2), lambda t, m: t.fit(m)),
+            ("accumulate_3", Boring(), dict(accumulate_grad_batches=3), lambda t, m: t.fit(m))):
+        profiler = L.pytorch.profilers.SimpleProfiler()
+        call(L.Trainer(**quiet(tmp_path, max_epochs=1, profiler=profiler, **trainer_kw)), model)
+        out[name] = _counts(profiler)
+    return out
+
+
 def _assert_same_counts(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> None:
     assert a.keys() == b.keys()
     for stage in a:
@@ -125,3 +150,17 @@ def test_profiled_datamodule_hooks_and_manual_optimization_match_lightning(tmp_p
     assert b["overrides"]["[LightningModule]Preparing.prepare_data"] == 1
     assert b["overrides"]["[LightningModule]Preparing.configure_model"] == 1
     assert b["overrides"]["[LightningDataModule]PreparingData.prepare_data"] == 1
+
+
+def test_profiled_fetches_of_loaders_without_length_and_validation_schedules_match_lightning(tmp_path):
+    a, b = run_both(loaders_without_length_and_schedules, tmp_path=tmp_path)
+    _assert_same_counts(a, b)
+    # One timed fetch per batch, also where only the fetch that finds nothing more ends the epoch.
+    assert b["stream"]["[_TrainingEpochLoop].train_dataloader_next"] == 4
+    assert b["stream"]["[_EvaluationLoop].val_next"] == 2 + 4  # sanity check (2 batches), then the epoch's 4
+    assert b["stream_test"]["[_EvaluationLoop].test_next"] == 4
+    assert b["stream_predict"]["[_PredictionLoop].predict_next"] == 4
+    # Loaders of 2 and 3 batches: the sanity check takes 2 of each, the validations after batches 2 and 4 all 5.
+    assert b["two_val_loaders"]["[Strategy]SingleDeviceStrategy.validation_step"] == 2 * 2 + 2 * 5
+    assert b["two_val_loaders"]["[LightningModule]Boring.on_validation_model_zero_grad"] == 2
+    assert b["accumulate_3"]["[LightningModule]Boring.optimizer_step"] == 2  # 4 batches: after 3, and the last
