@@ -69,11 +69,17 @@ SCENARIOS = {
     # The tiny model through torch.compile, the same compiled module in all three (no target set yet).
     "tiny compiled": dict(widths=(1, 2, 2, 1), batch=1, steps=1200, epochs=1, val_batches=0, metrics=1,
                           target=None, compile=True),
+    # Trainer(profiler=...): None must cost what "tiny" costs (an off profiler adds nothing per batch);
+    # "simple" times ~30 actions per step in both frameworks (no target: it is meant to cost something).
+    "tiny+profiler=None": dict(widths=(1, 2, 2, 1), batch=1, steps=1200, epochs=1, val_batches=0, metrics=1,
+                               target=1.05, profiler=None),
+    "tiny+profiler=simple": dict(widths=(1, 2, 2, 1), batch=1, steps=1200, epochs=1, val_batches=0, metrics=1,
+                                 target=None, profiler="simple"),
 }
 SIZE_ALIASES = {"val": "tiny+val", "tiny+val": "tiny+val", "metrics": "tiny+5 metrics",
                 "tiny+metrics": "tiny+5 metrics", "tiny+5metrics": "tiny+5 metrics",
                 "tiny+5 metrics": "tiny+5 metrics", "tiny+5": "tiny+5 metrics", "compiled": "tiny compiled",
-                "tiny+compiled": "tiny compiled"}
+                "tiny+compiled": "tiny compiled", "profiler": "tiny+profiler=None", "simple": "tiny+profiler=simple"}
 ALL_FRAMEWORKS = ("hand", "ember", "lightning")
 COMPILE_BACKEND = ["inductor"]  # --compile-backend
 
@@ -190,6 +196,8 @@ def run_framework(L, classes, net, train_loader, val_loader, sc):
     module = cls(net, sc["metrics"])
     kwargs = dict(max_epochs=sc["epochs"], accelerator="cpu", devices=1, logger=False,
                   enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True)
+    if "profiler" in sc:
+        kwargs["profiler"] = sc["profiler"]  # a fresh SimpleProfiler per Trainer for "simple"
     if val_loader is not None:
         # The hand loop does no pre-training "sanity" validation, so neither do the frameworks.
         kwargs["num_sanity_val_steps"] = 0
@@ -256,7 +264,8 @@ def one_run(fw, frameworks, sc):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="tiny,small,medium,tiny+val,tiny+5 metrics,tiny compiled",
+    p.add_argument("--sizes", default="tiny,small,medium,tiny+val,tiny+5 metrics,tiny compiled,tiny+profiler=None,"
+                                      "tiny+profiler=simple",
                    help="comma list of: " + ", ".join(SCENARIOS) + " (aliases: val, metrics)")
     p.add_argument("--rounds", type=int, default=5,
                    help="timed interleaved rounds (>= 1; 1 only checks that it runs, quote numbers from >= 3)")

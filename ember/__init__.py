@@ -26,7 +26,7 @@ _LAZY = {
 }
 _SUBMODULES = {"callbacks", "loggers", "tuner", "utilities", "checkpoint", "runtime", "loop", "hooks", "module",
                "trainer", "datamodule", "optim", "logging", "strategies", "config", "state", "data", "step",
-               "hparams", "cli", "compile", "plugins"}
+               "hparams", "cli", "compile", "plugins", "profilers"}
 
 __all__ = [*_LAZY, "__version__"]
 

@@ -708,6 +708,12 @@ def open_train_batches(run: Any) -> tuple[Iterator[tuple[int, Any]], BatchPhase 
     limit = run.data.train_limit
     if limit is not None:
         pairs = itertools.islice(pairs, max(limit - skip, 0))
+    if run.profiler is not None:  # each fetch timed, as many as the epoch has batches (see timed_batches)
+        from .profilers.wiring import timed_batches
+
+        left = run.data.num_training_batches - skip
+        pairs = timed_batches(run.profiler, "[_TrainingEpochLoop].train_dataloader_next", pairs,
+                              left if left != float("inf") else None)
     return pairs, (resume.phase if resume is not None and skip else None)
 
 

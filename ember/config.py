@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 # Flags ember refuses rather than ignores, with the value that means "off".
-NOT_IMPLEMENTED = (("profiler", None), ("model_registry", None), ("sync_batchnorm", False))
+NOT_IMPLEMENTED = (("model_registry", None), ("sync_batchnorm", False))
 
 _LIMIT_HELP = "an int >= 0 (batches) or a float in [0.0, 1.0] (fraction)"
 
@@ -69,7 +69,7 @@ def _check_barebones(**given: Any) -> None:
     """``barebones=True`` switches off what may cost speed; asking for one of those too is an error (Lightning)."""
     off = {"enable_checkpointing": (None, False), "logger": (None, False), "enable_progress_bar": (None, False),
            "log_every_n_steps": (None, 0), "enable_model_summary": (None, False), "num_sanity_val_steps": (None, 0),
-           "fast_dev_run": (0, False), "detect_anomaly": (False,)}
+           "fast_dev_run": (0, False), "detect_anomaly": (False,), "profiler": (None,)}
     for name, value in given.items():
         if not any(value is v or value == v and type(value) is type(v) for v in off[name]):
             raise ValueError(f"Trainer(barebones=True, {name}={value!r}) is not valid: barebones mode switches "
@@ -154,10 +154,11 @@ class TrainerConfig:
                        num_sanity_val_steps: int | None = None, log_every_n_steps: int | None = None,
                        enable_checkpointing: bool | None = None, enable_progress_bar: bool | None = None,
                        enable_model_summary: bool | None = None, gradient_clip_algorithm: Any = None,
-                       default_root_dir: Any = None, logger: Any = None, **settings: Any) -> "TrainerConfig":
+                       default_root_dir: Any = None, logger: Any = None, profiler: Any = None,
+                       **settings: Any) -> "TrainerConfig":
         """Check the Trainer's arguments and resolve their defaults; ``settings`` are taken as they are.
 
-        ``logger`` is only looked at (``barebones`` refuses one); the Trainer builds the loggers.
+        ``logger`` and ``profiler`` are only looked at (``barebones`` refuses them); the Trainer builds them.
         """
         for flag, off in NOT_IMPLEMENTED:
             if settings.pop(flag, off) != off:
@@ -182,7 +183,8 @@ class TrainerConfig:
             _check_barebones(enable_checkpointing=enable_checkpointing, logger=logger,
                              enable_progress_bar=enable_progress_bar, log_every_n_steps=log_every_n_steps,
                              enable_model_summary=enable_model_summary, num_sanity_val_steps=num_sanity_val_steps,
-                             fast_dev_run=fast_dev_run, detect_anomaly=settings.get("detect_anomaly", False))
+                             fast_dev_run=fast_dev_run, detect_anomaly=settings.get("detect_anomaly", False),
+                             profiler=profiler)
             use_logger, enable_checkpointing, enable_progress_bar, enable_model_summary = False, False, False, False
             log_every_n_steps, num_sanity_val_steps = 0, 0
         if max_epochs is None:

@@ -51,6 +51,7 @@ class RunLoaders:
         self.strategy = strategy
         self.module: Any = None
         self.datamodule: Any = None
+        self.profiler: Any = None
         self.train_source: Any = None  # what fit() was given; None: the datamodule or the module's hook
         self.val_source: Any = None
         self.train_dataloader: Any = None
@@ -66,8 +67,9 @@ class RunLoaders:
         self.test_dataloaders: Any = None
         self.predict_dataloaders: Any = None
 
-    def attach(self, module: Any, datamodule: Any, config: TrainerConfig) -> None:
+    def attach(self, module: Any, datamodule: Any, config: TrainerConfig, profiler: Any = None) -> None:
         self.module, self.datamodule, self.config = module, datamodule, config
+        self.profiler = profiler  # times the *_dataloader hooks (Lightning's action names) while one records
 
     # ---- sources ----
     def defines(self, name: str) -> bool:
@@ -83,9 +85,11 @@ class RunLoaders:
     def _from_hooks(self, name: str) -> Any:
         from .datamodule import LightningDataModule
 
+        from .profilers.wiring import timed
+
         if self.datamodule is not None and is_overridden(self.datamodule, name, LightningDataModule):
-            return getattr(self.datamodule, name)()
-        return getattr(self.module, name)() if self.defines(name) else None
+            return timed(self.profiler, self.datamodule, name)()
+        return timed(self.profiler, self.module, name)() if self.defines(name) else None
 
     def prepare_fit(self, train: Any, val: Any) -> None:
         """Check that fit has training data and decide whether it validates; nothing is requested yet."""

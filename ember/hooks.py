@@ -18,7 +18,9 @@ import re
 from functools import partial
 from typing import Any, Callable
 
-_BOTH = ("callbacks", "module")
+from .profilers.wiring import profiled_table
+
+_BOTH, _ALL = ("callbacks", "module"), ("callbacks", "module", "strategy")  # _ALL: the strategy hears it too
 
 # Who hears an event: "callbacks" (every callback, in list order), "module", or the split Lightning uses at
 # the end of a training epoch, where the monitoring callbacks (checkpointing, early stopping) must see what
@@ -28,10 +30,10 @@ LISTENERS: dict[str, tuple[str, ...]] = {
     "setup": _BOTH, "teardown": _BOTH,
     "on_fit_start": _BOTH, "on_fit_end": _BOTH,
     "on_sanity_check_start": ("callbacks",), "on_sanity_check_end": ("callbacks",),
-    "on_train_start": _BOTH, "on_train_end": _BOTH,
+    "on_train_start": _ALL, "on_train_end": _ALL,
     "on_train_epoch_start": _BOTH, "on_train_epoch_end": ("plain_callbacks", "module", "monitor_callbacks"),
-    "on_train_batch_start": _BOTH, "on_train_batch_end": _BOTH,
-    **{f"on_{stage}_{when}": _BOTH for stage in ("validation", "test", "predict")
+    "on_train_batch_start": _ALL, "on_train_batch_end": _BOTH,
+    **{f"on_{stage}_{when}": _ALL if when in ("start", "end") else _BOTH for stage in ("validation", "test", "predict")
        for when in ("start", "end", "epoch_start", "epoch_end", "batch_start", "batch_end")},
     "on_before_backward": _BOTH, "on_after_backward": _BOTH,
     "on_before_optimizer_step": _BOTH, "on_before_zero_grad": _BOTH,
@@ -88,33 +90,40 @@ def _is_monitor(callback: Any) -> bool:
     return getattr(callback, "monitors_metrics", False)
 
 
+def listeners_of(event: str, trainer: Any, module: Any, callbacks: list[Any], every: bool = False
+                 ) -> list[tuple[Any, Callable[..., Any]]]:
+    """(owner, bound callable) for each listener of ``event``, in order: those that implement it, or
+    (``every``, for a profiler, which times every hook as Lightning calls them all) everyone in ``LISTENERS``."""
+    from .callbacks.callback import Callback
+    from .module import LightningModule
+    from .runtime.strategy import Strategy
+
+    found: list[tuple[Any, Callable[..., Any]]] = []
+    for who in LISTENERS[event]:
+        if who in ("module", "strategy"):
+            owner, base = (module, LightningModule) if who == "module" else (getattr(trainer, "strategy", None), Strategy)
+            if owner is not None and (every or is_overridden(owner, event, base)):
+                found.append((owner, getattr(owner, event)))
+            continue
+        for cb in callbacks:
+            if who != "callbacks" and _is_monitor(cb) != (who == "monitor_callbacks"):
+                continue
+            # ``idle_events``: hooks a callback implements but has nothing to do in for this run
+            # (a ModelCheckpoint that saves once per epoch skips the per-step hook).
+            if every or is_overridden(cb, event, Callback) and event not in getattr(cb, "idle_events", ()):
+                found.append((cb, partial(getattr(cb, event), trainer, module)))
+    return found
+
+
 class HookDispatcher:
-    """Calls the callbacks and the module for each event, in the order of ``LISTENERS``."""
+    """Calls the callbacks, the module (and the strategy) for each event, in the order of ``LISTENERS``."""
 
-    def __init__(self, trainer: Any, module: Any, callbacks: list[Any]) -> None:
-        from .callbacks.callback import Callback
-        from .module import LightningModule
-
-        self._table: dict[str, tuple[Callable[..., Any], ...]] = {}
-        self._owners: dict[str, list[Any]] = {}  # who each listener belongs to (the module or a callback)
-        for event, listeners in LISTENERS.items():
-            found: list[Callable[..., Any]] = []
-            owners = self._owners[event] = []
-            for who in listeners:
-                if who == "module":
-                    if is_overridden(module, event, LightningModule):
-                        found.append(getattr(module, event))
-                        owners.append(module)
-                    continue
-                for cb in callbacks:
-                    if who != "callbacks" and _is_monitor(cb) != (who == "monitor_callbacks"):
-                        continue
-                    # ``idle_events``: hooks a callback implements but has nothing to do in for this run
-                    # (a ModelCheckpoint that saves once per epoch skips the per-step hook).
-                    if is_overridden(cb, event, Callback) and event not in getattr(cb, "idle_events", ()):
-                        found.append(partial(getattr(cb, event), trainer, module))
-                        owners.append(cb)
-            self._table[event] = tuple(found)
+    def __init__(self, trainer: Any, module: Any, callbacks: list[Any], profiler: Any = None) -> None:
+        listeners = {event: listeners_of(event, trainer, module, callbacks) for event in LISTENERS}
+        self._owners = {event: [owner for owner, _ in pairs] for event, pairs in listeners.items()}
+        self._table = {event: tuple(fn for _, fn in pairs) for event, pairs in listeners.items()}
+        if profiler is not None:  # every listener, each timed under Lightning's action name
+            self._table = profiled_table(trainer, module, callbacks, profiler)
 
     def listeners(self, event: str) -> tuple[Callable[..., Any], ...]:
         """The bound callables for ``event``; the hot loop fetches these once per epoch."""

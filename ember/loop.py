@@ -21,8 +21,9 @@ import torch
 from .hooks import is_overridden
 from .logging import MetricStore, eval_loader_values, publish_step_metrics, write_eval_epoch, write_train_epoch
 from .optim import LightningOptimizer, step_schedulers
+from .profilers.wiring import timed, timed_batches
 from .state import BatchPhase, FitState, Position
-from .step import EpochPlan
+from .step import EpochPlan, batch_mover
 
 
 @dataclasses.dataclass
@@ -43,6 +44,7 @@ class Run:
     schedulers: list[Any] = dataclasses.field(default_factory=list)  # optim.LRSchedulerConfig
     lightning_optimizers: list[LightningOptimizer] = dataclasses.field(default_factory=list)
     batch_hooks: bool = False  # the module overrides a batch-transfer hook
+    profiler: Any = None  # the run's profiler while one records (ember.profilers.wiring times what it needs)
     validation: bool = True  # False: the learning-rate range test trains without validating
     plan: EpochPlan | None = None  # the open epoch's plan: Run.configure keeps its accumulation in step
 
@@ -113,7 +115,7 @@ def run_fit(run: Run) -> None:
     while not fit_done(run):
         data.begin_epoch(state.current_epoch)
         state.batches_seen_in_epoch = state.accumulated = 0
-        train_epoch(run)
+        timed(run.profiler, None, "run_training_epoch", train_epoch)(run)  # the plain function while none records
         finish_epoch(run)
     run.metrics.enter(None)  # no logging in on_train_end / on_fit_end
     hooks.call("on_train_end")
@@ -157,14 +159,14 @@ def train_epoch(run: Run) -> None:
     hooks.call("on_train_epoch_start")
     metrics.enter("train", "batch")
     plan = run.plan = EpochPlan(run)  # everything the per-batch code needs, resolved once per epoch
-    on_batch_start, step, move = plan.on_batch_start, plan.run_step, plan.move_batches
+    on_batch_start, step, move, prepare = plan.on_batch_start, plan.run_step, plan.move_batches, plan.prepare_batch
     last_idx = data.num_training_batches - 1 if data.num_training_batches != math.inf else -1
     state.is_last_batch = state.epoch_reached_end = False
     for batch_idx, batch in open_epoch(run, plan):
         state.batch_idx = batch_idx
         is_last = state.is_last_batch = batch_idx == last_idx
         if move:
-            batch = prepare_batch(run, batch, 0)
+            batch = prepare(run, batch, 0)
         metrics.current_batch = batch
         if on_batch_start and -1 in [fn(batch, batch_idx) for fn in on_batch_start]:
             # -1 ends the epoch here: Lightning still steps the lr schedulers for this batch.
@@ -251,7 +253,7 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
     # on_train_batch_end, as part of the batch, as in Lightning.
     if plan.validate and start <= _VALIDATION <= last and validate_now(run, batch_idx):
         if not state.accumulated:
-            run.module.on_validation_model_zero_grad()  # unless an accumulation window is open
+            timed(run.profiler, run.module, "on_validation_model_zero_grad")()  # unless a window is open
         run_evaluation(run, "validate", None)
         run.metrics.enter("train", "batch")
     elif start == _AFTER_VALIDATION:
@@ -265,18 +267,6 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
         if agreed:
             state.preempt_signal, state.should_stop = agreed, True
     return (state.should_stop or state.global_step >= plan.step_cap or plan.timed) and stop_within_epoch(run)
-
-
-def prepare_batch(run: Run, batch: Any, dataloader_idx: int) -> Any:
-    """The precision's cast, then the module's batch-transfer hooks or a plain device move."""
-    # Lightning casts the inputs (bf16-true, 64-true) before the transfer hooks see the batch.
-    batch = run.precision.convert_input(batch)
-    if run.batch_hooks:
-        module = run.module
-        batch = module.on_before_batch_transfer(batch, dataloader_idx)
-        batch = module.transfer_batch_to_device(batch, run.strategy.root_device, dataloader_idx)
-        return module.on_after_batch_transfer(batch, dataloader_idx)
-    return run.strategy.batch_to_device(batch)
 
 
 def _warn_if_eval_mode(module: torch.nn.Module) -> None:
@@ -321,27 +311,29 @@ def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]
 
     state, hooks, metrics, module, precision = run.state, run.hooks, run.metrics, run.module, run.precision
     prefix = _EVAL_PREFIX[stage]
-    step = run.strategy.step_method(module, _EVAL_STEP[stage])  # the bound method unless a wrapper needs it
+    step = timed(  # the bound method unless a wrapper needs it; a profiler times it as the strategy's (Lightning)
+        run.profiler, run.strategy, _EVAL_STEP[stage], run.strategy.step_method(module, _EVAL_STEP[stage]))
     was_training, state.training, state.evaluating = state.training, False, stage
     resume_phase = metrics.phase  # the training phase to return to after a validation inside fit
     metrics.enter(stage, "epoch")
     modes = [(m, m.training) for m in module.modules()]
-    getattr(module, f"{prefix}_model_eval")()
+    timed(run.profiler, module, f"{prefix}_model_eval")()
     multi = len(loaders) > 1
     hooks.call(f"{prefix}_start")
     hooks.call(f"{prefix}_epoch_start")
     seen, outputs = state.eval_steps_seen, []
     # Resolved once per run: the per-batch body below only calls what is there.
     on_batch_start, on_batch_end = hooks.listeners(f"{prefix}_batch_start"), hooks.listeners(f"{prefix}_batch_end")
-    forward_context, move = precision.has_forward_context, run.batch_hooks or run.strategy.moves_batches
+    forward_context, (move, prepare) = precision.has_forward_context, batch_mover(run)
     counting = not state.sanity_checking
+    fetch = f"[_EvaluationLoop].{'test' if stage == 'test' else 'val'}_next"  # Lightning's action name
     for dl_idx, loader in enumerate(loaders):
         metrics.enter(stage, "batch")
         metrics.dataloader_idx = dl_idx if multi else None
         extra = (dl_idx,) if multi else ()
-        for batch_idx, batch in _batches(loader, limits[dl_idx]):
+        for batch_idx, batch in _batches(run, fetch, loader, limits[dl_idx]):
             if move:
-                batch = prepare_batch(run, batch, dl_idx)
+                batch = prepare(run, batch, dl_idx)
             metrics.current_batch = batch
             for fn in on_batch_start:
                 fn(batch, batch_idx, *extra)
@@ -369,16 +361,17 @@ def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]
     # The *_model_train hook runs only when the module overrides it; otherwise each submodule gets back its
     # own mode (a frozen, eval-mode backbone stays in eval), as in Lightning.
     if is_overridden(module, f"{prefix}_model_train", LightningModule):
-        getattr(module, f"{prefix}_model_train")()
+        timed(run.profiler, module, f"{prefix}_model_train")()
     else:
         _restore_modes(modes)
     state.training, state.evaluating = was_training, None
     return results
 
 
-def _batches(loader: Any, limit: int | None) -> Any:
-    """``(batch_idx, batch)`` pairs, at most ``limit`` of them."""
-    return itertools.islice(enumerate(loader), limit) if limit is not None else enumerate(loader)
+def _batches(run: Run, action: str, loader: Any, limit: int | None) -> Any:
+    """``(batch_idx, batch)`` pairs, at most ``limit`` of them (each fetch timed as ``action`` while profiling)."""
+    pairs = itertools.islice(enumerate(loader), limit) if limit is not None else enumerate(loader)
+    return timed_batches(run.profiler, action, pairs, limit, loader)
 
 
 def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
@@ -395,15 +388,16 @@ def run_predict(run: Run, request: LoaderRequest, return_predictions: bool) -> A
             return None
         run.metrics.begin("predict", step_defaults=False)
         modes = [(m, m.training) for m in module.modules()]
-        module.on_predict_model_eval()
+        timed(run.profiler, module, "on_predict_model_eval")()
         multi, all_preds = len(loaders) > 1, []
         hooks.call("on_predict_start")
         hooks.call("on_predict_epoch_start")
-        predict_step = run.strategy.step_method(module, "predict_step")
+        predict_step = timed(run.profiler, run.strategy, "predict_step", run.strategy.step_method(module, "predict_step"))
+        prepare = batch_mover(run)[1]
         for dl_idx, loader in enumerate(loaders):
             extra, preds = ((dl_idx,) if multi else ()), []
-            for batch_idx, batch in _batches(loader, limits[dl_idx]):
-                batch = prepare_batch(run, batch, dl_idx)
+            for batch_idx, batch in _batches(run, "[_PredictionLoop].predict_next", loader, limits[dl_idx]):
+                batch = prepare(run, batch, dl_idx)
                 hooks.call("on_predict_batch_start", batch, batch_idx, *extra)
                 with run.precision.autocast():
                     out = predict_step(batch, batch_idx, *extra)

@@ -166,8 +166,12 @@ class LightningOptimizer:
     """
 
     def __init__(self, optimizer: Any, run: Any) -> None:
+        from .profilers.wiring import timed
+
         self._optimizer = optimizer
         self._run = run
+        # A profiler times the user's manual step as Lightning's bare "optimizer_step" action (decided per run).
+        self._manual_step = timed(run.profiler, None, "optimizer_step", self._step_manually)
 
     @property
     def optimizer(self) -> Any:
@@ -186,10 +190,12 @@ class LightningOptimizer:
         run = self._run
         if closure is not None and not callable(closure):
             raise TypeError(f"optimizer.step(closure=...) needs a callable; got {type(closure).__name__}.")
-        precision, optimizer = run.precision, self._optimizer
         if run.module.automatic_optimization:
-            return precision.optimizer_step(optimizer, closure)  # the automatic step's closure runs the hooks
-        closure = closure or _no_closure
+            return run.precision.optimizer_step(self._optimizer, closure)  # its closure runs the hooks
+        return self._manual_step(closure or _no_closure, **kwargs)
+
+    def _step_manually(self, closure: Any, **kwargs: Any) -> Any:
+        run, precision, optimizer = self._run, self._run.precision, self._optimizer
 
         def closure_and_hooks() -> Any:
             result = closure()

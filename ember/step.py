@@ -19,22 +19,50 @@ from torch import Tensor
 
 from .hooks import is_overridden
 from .optim import step_schedulers
+from .profilers.wiring import profiled_prepare_batch, timed
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the weights are those of the last good step."""
 
 
+def prepare_batch(run: Any, batch: Any, dataloader_idx: int) -> Any:
+    """The precision's cast, then the module's batch-transfer hooks or a plain device move."""
+    # Lightning casts the inputs (bf16-true, 64-true) before the transfer hooks see the batch.
+    batch = run.precision.convert_input(batch)
+    if run.batch_hooks:
+        module = run.module
+        batch = module.on_before_batch_transfer(batch, dataloader_idx)
+        batch = module.transfer_batch_to_device(batch, run.strategy.root_device, dataloader_idx)
+        return module.on_after_batch_transfer(batch, dataloader_idx)
+    return run.strategy.batch_to_device(batch)
+
+
+def batch_mover(run: Any) -> tuple[bool, Any]:
+    """Whether the batches of a run go through ``prepare_batch``, and the function that prepares them.
+
+    A profiler times every batch's transfer as Lightning's ``batch_to_device`` (Lightning always runs it).
+    """
+    if run.profiler is not None:
+        return True, profiled_prepare_batch(run)
+    return run.batch_hooks or run.strategy.moves_batches, prepare_batch
+
+
 class EpochPlan:
-    """What the batches of one epoch need, looked up once per epoch instead of once per batch."""
+    """What the batches of one epoch need, looked up once per epoch instead of once per batch.
+
+    With a profiler on (``run.profiler``), the callables are timed ones under Lightning's action names, and
+    the hooks Lightning calls on every step (zero_grad, gradient clipping) are called here too.
+    """
 
     def __init__(self, run: Any) -> None:
         from .module import LightningModule
         module, hooks, precision, strategy, config = run.module, run.hooks, run.precision, run.strategy, run.config
+        profiler = run.profiler
         # ---- around the step (ember.loop) ----
         self.on_batch_start = hooks.listeners("on_train_batch_start")
         self.on_batch_end = hooks.listeners("on_train_batch_end")
-        self.move_batches = run.batch_hooks or strategy.moves_batches
+        self.move_batches, self.prepare_batch = batch_mover(run)
         self.log_every = config.log_every_n_steps if run.loggers else 0
         self.validate = run.validation and bool(run.data.val_loaders) and run.data.validation_epoch(run.state.current_epoch)
         self.step_cap = config.max_steps if config.max_steps != -1 else math.inf
@@ -50,23 +78,29 @@ class EpochPlan:
         self.after_backward = hooks.listeners("on_after_backward")
         self.before_optimizer_step = hooks.listeners("on_before_optimizer_step")
         self.autocast = precision.has_forward_context  # autocast, or the default dtype of a "true" precision
-        self.custom_zero_grad = is_overridden(module, "optimizer_zero_grad", LightningModule)
+        self.custom_zero_grad = profiler is not None or is_overridden(module, "optimizer_zero_grad", LightningModule)
+        self.module_zero_grad = timed(profiler, module, "optimizer_zero_grad")
         # Precision picks the backward (loss scaling, a module's own backward); the strategy wraps it only
         # when a gradient sync must be skipped inside an accumulation window.
         custom_backward = is_overridden(module, "backward", LightningModule)
-        self.backward = precision.backward_fn(module.backward if custom_backward else None)
+        self.backward = timed(profiler, strategy, "backward",
+                              precision.backward_fn(module.backward if custom_backward else None))
         self.sync_control = strategy.needs_no_sync
         # configure_gradient_clipping is called only when it can do or show something (a clip value, or an
         # override of it or of clip_gradients); otherwise it would be a no-op call per step.
         self.clip = bool(self.clip_val) or is_overridden(module, "configure_gradient_clipping", LightningModule) \
-            or is_overridden(module, "clip_gradients", LightningModule)
+            or is_overridden(module, "clip_gradients", LightningModule) or profiler is not None
+        self.configure_clipping = timed(profiler, module, "configure_gradient_clipping")
         self.unscale = precision.unscale if precision.scaler is not None else None
         # A user optimizer_step (e.g. lr warm-up) or an optimizer that re-evaluates the loss (LBFGS) gets a closure.
         self.user_optimizer_step = is_overridden(module, "optimizer_step", LightningModule)
         self.closure = self.user_optimizer_step or isinstance(self.optimizer, torch.optim.LBFGS)
         self.wrapped_optimizer = run.lightning_optimizers[0] if self.closure else None
-        self.optimizer_step = precision.optimizer_step
-        self.step_optimizer = precision.step_fn(self.optimizer) if self.optimizer is not None else None
+        self.user_optimizer_step_fn = timed(profiler, module, "optimizer_step")
+        # The three ways the optimizer steps are all Lightning's optimizer_step hook to a profiler.
+        self.optimizer_step = timed(profiler, module, "optimizer_step", precision.optimizer_step)
+        self.step_optimizer = timed(profiler, module, "optimizer_step", precision.step_fn(self.optimizer)) \
+            if self.optimizer is not None else None
         self.zero_grad = self.optimizer.zero_grad if self.optimizer is not None else None
         # Anything to do between the backward and the optimizer step (the per-step code skips it otherwise).
         self.before_step = self.unscale is not None or bool(self.before_optimizer_step) or self.clip
@@ -79,8 +113,9 @@ class EpochPlan:
         # Detaching the loss and building the outputs dict costs ~0.5 us; skip it when no hook reads it.
         self.wants_outputs = hooks.reads_outputs("on_train_batch_end")
         # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
-        self.training_step = strategy.step_method(module, "training_step")
-        self.run_step = automatic_step if module.automatic_optimization else manual_step
+        self.training_step = timed(profiler, strategy, "training_step", strategy.step_method(module, "training_step"))
+        self.run_step = timed(profiler, None, "run_training_batch",
+                              automatic_step if module.automatic_optimization else manual_step)
         # Trainer(microbatch_on_oom=True) swaps in the forward/backward that splits a batch on an OOM
         # (ember.microbatch); off, the plain one runs and nothing is checked per batch.
         self.forward_backward = _forward_backward
@@ -135,7 +170,7 @@ def _step_with_closure(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, wi
         return result[1]
 
     if plan.user_optimizer_step:
-        run.module.optimizer_step(run.state.current_epoch, batch_idx, plan.wrapped_optimizer, closure)
+        plan.user_optimizer_step_fn(run.state.current_epoch, batch_idx, plan.wrapped_optimizer, closure)
     else:
         plan.optimizer_step(plan.optimizer, closure)
     return result[0], result[1]
@@ -163,7 +198,7 @@ def _forward_backward(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, win
         for fn in plan.before_zero_grad:
             fn(plan.optimizer)
         if plan.custom_zero_grad:
-            run.module.optimizer_zero_grad(run.state.current_epoch, batch_idx, plan.optimizer)
+            plan.module_zero_grad(run.state.current_epoch, batch_idx, plan.optimizer)
         else:
             plan.zero_grad()
     if loss is not None:
@@ -182,7 +217,7 @@ def _forward_backward(run: Any, batch: Any, batch_idx: int, plan: EpochPlan, win
         for fn in plan.before_optimizer_step:
             fn(plan.optimizer)
         if plan.clip:
-            run.module.configure_gradient_clipping(plan.optimizer, plan.clip_val, plan.clip_algorithm)
+            plan.configure_clipping(plan.optimizer, plan.clip_val, plan.clip_algorithm)
     return out, loss
 
 

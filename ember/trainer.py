@@ -35,6 +35,7 @@ from .loggers.base import Logger
 from .loggers.defaults import default_loggers
 from .module import LightningModule
 from .plugins import cluster_environment
+from .profilers.wiring import choose_profiler, start_profiling, timed, timed_if_overridden
 from .runtime import accelerator as _accelerator, strategy as _strategy
 from .runtime.precision import Precision, canonical
 from .state import FitState
@@ -98,6 +99,7 @@ class Trainer:
         # ---- loggers and callbacks ----
         self.loggers = default_loggers(logger if config.use_logger else False, config.default_root_dir)
         self.callbacks: list[Callback] = trainer_callbacks(callbacks, config)
+        self.profiler = choose_profiler(profiler)  # a PassThroughProfiler when None (records nothing)
         # ---- what a run works with ----
         self.state = FitState()
         self.data = RunLoaders(config, self.strategy)
@@ -236,8 +238,9 @@ class Trainer:
 
         if self.lightning_module is None:
             raise ValueError("Trainer.save_checkpoint() needs a model attached; call fit(), validate() or test() first.")
-        state = dump_checkpoint(self, weights_only=weights_only)
-        self.strategy.save_checkpoint(state, os.fspath(filepath))  # rank 0 writes (sharded strategies: every rank)
+        with self.profiler.profile("save_checkpoint"):
+            state = dump_checkpoint(self, weights_only=weights_only)
+            self.strategy.save_checkpoint(state, os.fspath(filepath))  # rank 0 writes (sharded: every rank)
         self.strategy.barrier("save_checkpoint")
 
     # ------------------------------------------------------------------ one run
@@ -255,14 +258,14 @@ class Trainer:
         if self.is_global_zero and not self.quiet:
             print(f"ember: {_VERB[stage]} on {self.accelerator.describe()}", file=sys.stderr)
         if datamodule is not None and self.local_rank == 0:
-            datamodule.prepare_data()
+            timed_if_overridden(run.profiler, datamodule, "prepare_data")()
         if self.local_rank == 0:
-            module.prepare_data()
+            timed_if_overridden(run.profiler, module, "prepare_data")()
         self.strategy.barrier("prepare_data")  # other ranks wait for the download before setup() reads it
         if datamodule is not None:
-            datamodule.setup(stage)
+            timed(run.profiler, datamodule, "setup")(stage)
         run.hooks.call("setup", stage)
-        module.configure_model()
+        timed_if_overridden(run.profiler, module, "configure_model")()
         self.strategy.setup_module(module)
         module._device = self.strategy.root_device
         try:
@@ -273,10 +276,12 @@ class Trainer:
                     result = self._run_stage(run, stage, loaders, ckpt_path, return_predictions)
         except TunerExit:  # the range test ended its fit on purpose: tear down as after a normal run
             run.hooks.call("teardown", stage)
+            self.profiler.teardown(stage)
             self.strategy.teardown()
             raise
         except BaseException as exc:
             self.state.interrupted = True
+            self.profiler.teardown(stage)
             run.hooks.call("on_exception", exc)
             if datamodule is not None:
                 datamodule.on_exception(exc)  # after the callbacks, as Lightning does
@@ -287,8 +292,9 @@ class Trainer:
             self.state.training = False
         run.hooks.call("teardown", stage)
         if datamodule is not None:
-            datamodule.teardown(stage)
+            timed(run.profiler, datamodule, "teardown")(stage)
         self.strategy.teardown()
+        self.profiler.describe()  # the summary, printed or written to dirpath/<stage>-<filename>.txt
         return result
 
     def _new_run(self, module: LightningModule, datamodule: Any) -> loop.Run:
@@ -301,16 +307,17 @@ class Trainer:
         state = self.state
         state.should_stop = state.interrupted = state.sanity_checked = False
         # Callbacks the model brings replace the Trainer's of the same type (Lightning's rule).
-        extra = module.configure_callbacks()
+        profiler = start_profiling(self)  # None while none records
+        extra = timed(profiler, module, "configure_callbacks")()
         if extra:
             extra = [extra] if isinstance(extra, Callback) else list(extra)
             kinds = {type(cb) for cb in extra}
             self.callbacks = checkpoints_last([cb for cb in self.callbacks if type(cb) not in kinds] + extra)
-        self.data.attach(module, datamodule, self.config)
+        self.data.attach(module, datamodule, self.config, profiler)
         run = self.run_context = loop.Run(
             module, state, self.config, self.data, self.strategy, self.precision,
-            HookDispatcher(self, module, self.callbacks), self.metric_store, self.loggers,
-            batch_hooks=any(is_overridden(module, h, LightningModule) for h in _BATCH_HOOKS))
+            HookDispatcher(self, module, self.callbacks, profiler), self.metric_store, self.loggers,
+            batch_hooks=any(is_overridden(module, h, LightningModule) for h in _BATCH_HOOKS), profiler=profiler)
         run.use_optimizers(self.optimizers, self.lr_scheduler_configs)
         return run
 
@@ -319,7 +326,7 @@ class Trainer:
         from .optim import check_optimization, parse
 
         module = run.module
-        self.optimizers, self.lr_scheduler_configs = parse(module.configure_optimizers())
+        self.optimizers, self.lr_scheduler_configs = parse(timed(run.profiler, module, "configure_optimizers")())
         check_optimization(module, self.config, self.optimizers)
         run.use_optimizers(self.optimizers, self.lr_scheduler_configs)
         # The *_dataloader hooks run where Lightning calls them (val in the sanity check, train right before

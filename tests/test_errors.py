@@ -184,8 +184,7 @@ def test_unknown_accelerator_lists_the_known_ones():
     assert "accelerator='tpu9000'" in str(info.value) and "'cuda'" in str(info.value) and "'cpu'" in str(info.value)
 
 
-@pytest.mark.parametrize("flag, value", [("profiler", "simple"), ("plugins", ["x"]), ("model_registry", "m"),
-                                         ("sync_batchnorm", True)])
+@pytest.mark.parametrize("flag, value", [("plugins", ["x"]), ("model_registry", "m"), ("sync_batchnorm", True)])
 def test_flags_ember_does_not_implement_are_refused_by_name(flag, value):
     with pytest.raises(NotImplementedError, match=f"Trainer\\({flag}="):
         L.Trainer(**{flag: value})

@@ -9,7 +9,7 @@ import torch
 
 import ember as L
 from ember.hooks import LISTENERS, ORDER, OUT_OF_ORDER, order_pattern
-from boring import sum_loader
+from boring import BoringWithEval, sum_loader
 
 QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 _NOT_EVENTS = {"state_key", "state_dict", "load_state_dict"}
@@ -50,25 +50,7 @@ for _event in LISTENERS:
     setattr(_Recorder, _event, lambda self, *args, _e=_event, **kw: self.calls.append(_e))
 
 
-class _Model(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1]))
-
-    def test_step(self, batch, batch_idx):
-        self.log("test_loss", torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1]))
-
-    def predict_step(self, batch, batch_idx):
-        return self.layer(batch[0])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+_Model = BoringWithEval
 
 
 def _recorded(entry: str, **trainer_kw) -> list[str]:

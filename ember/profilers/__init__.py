@@ -1,0 +1,29 @@
+"""Profilers: time what the Trainer does, action by action, under Lightning's action names.
+
+    Trainer(profiler="simple")                       # or "advanced", "pytorch", or a Profiler object
+    Trainer(profiler=SimpleProfiler(dirpath=".", filename="perf"))   # the report goes to ./fit-perf.txt
+
+A profiler that is off costs nothing per batch: the Trainer hands the loop
+timed callables only when one is on (``ember.profilers.wiring``). Submodules
+load on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .profiler import PassThroughProfiler, Profiler
+
+_LAZY = {
+    "SimpleProfiler": ".simple",
+    "AdvancedProfiler": ".advanced",
+    "PyTorchProfiler": ".pytorch",
+}
+
+__all__ = ["Profiler", "PassThroughProfiler", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'ember.profilers' has no attribute {name!r}")
