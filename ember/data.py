@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from typing import Any, Callable
 
 import torch
 
-from .config import TrainerConfig
+from .config import TrainerConfig, parse_duration
 from .hooks import is_overridden
 from .utilities.combined_loader import CombinedLoader, ZippedBatches, inner_loaders
 from .utilities.seed import seed_workers_of
@@ -59,7 +60,9 @@ class RunLoaders:
         self.train_ready = False
         self.train_limit: int | None = None
         self.num_training_batches: float = 0
-        self.val_check_batch: float = math.inf
+        self.val_check_batch: float | None = math.inf
+        self.val_check_seconds = math.inf  # a time-based val_check_interval, in seconds
+        self.last_val_time = 0.0  # time.monotonic() when the clock of a time-based val_check_interval started
         self.val_loaders: list[Any] | None = []  # None: validation will run, its loaders are not requested yet
         self.val_limits: list[int | None] = []
         self.val_dataloaders: Any = None
@@ -150,9 +153,14 @@ class RunLoaders:
         _warn_few_workers(loader, "train")
         return loader
 
-    def _val_check_batch(self) -> float:
-        """``val_check_interval`` as a number of training batches (inf: at the end of a loader without len)."""
+    def _val_check_batch(self) -> float | None:
+        """``val_check_interval`` as a number of training batches (inf: at the end of a loader without len;
+        None: a time, checked on the clock after every batch, which starts now, as in Lightning)."""
         vci, n, config = self.config.val_check_interval, self.num_training_batches, self.config
+        if not isinstance(vci, (int, float)):
+            self.val_check_seconds = parse_duration(vci, "val_check_interval")
+            self.restart_val_clock()
+            return None
         if isinstance(vci, float):
             if n == math.inf:
                 if vci != 1.0:
@@ -164,6 +172,14 @@ class RunLoaders:
             raise ValueError(f"Trainer(val_check_interval={vci}) is larger than the {n} training batches per epoch; "
                              "lower it, or set check_val_every_n_epoch=None to count batches across epochs.")
         return vci
+
+    # ---- a time-based val_check_interval ----
+    def restart_val_clock(self) -> None:
+        """Called when the train loader is (re)loaded and when an evaluation ends (Lightning's two points)."""
+        self.last_val_time = time.monotonic()
+
+    def val_time_due(self) -> bool:
+        return time.monotonic() - self.last_val_time >= self.val_check_seconds
 
     def begin_epoch(self, epoch: int) -> None:
         """Reload the train loader when due (a loader given to fit is reused as is), then ``set_epoch``."""

@@ -81,6 +81,8 @@ def validate_now(run: Run, batch_idx: int) -> bool:
         return state.is_last_batch or stopping  # a loader without len validates at its end
     if stopping:
         return True  # a stop request validates before stopping
+    if every is None:  # a time-based val_check_interval: no end-of-epoch run, only the clock (Lightning)
+        return run.data.val_time_due()
     if run.config.check_val_every_n_epoch is None:
         return state.total_batches_run % every == 0
     # With a fraction that does not divide the epoch, the epoch's end gets no extra validation (Lightning).
@@ -356,6 +358,7 @@ def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]
     results = write_eval_epoch(run, outputs)
     metrics.enter(None)  # on_*_end reads the views but may not log
     hooks.call(f"{prefix}_end")
+    run.data.restart_val_clock()
     metrics.reset_stage(stage)
     if state.in_fit:
         metrics.enter("train", resume_phase)

@@ -2,6 +2,9 @@
 list or dict, with the limits, overfit_batches and reloading that apply to each inner loader."""
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -139,3 +142,55 @@ def test_dict_of_val_loaders_inside_fit_matches_lightning(tmp_path):
     assert_same_run(a, b)
     assert [s[1] for s in b["seen"] if s[0] == "val"] == [0, 2, 4, 7, 9]  # sanity check, then at batches 2 and 4 of each epoch
     assert "val_loss/dataloader_idx_1" in b["callback_metrics"]
+
+
+# --------------------------------------------------------------------------- time-based val_check_interval
+def _timed_program(L, tmp_path, *, interval, clock, trainer=None):
+    """Each training step takes one second on a fake clock (both frameworks read ``time.monotonic``)."""
+    val_steps = []
+    clock[0] = 1000.0
+
+    def training_step(self, batch, batch_idx):
+        clock[0] += 1.0
+        loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+        self.log("train_loss", loss)
+        return loss
+
+    def on_validation_start(self):
+        val_steps.append((self.trainer.global_step, self.trainer.sanity_checking))
+
+    hooks = dict(training_step=training_step, on_validation_start=on_validation_start, n_train=20)
+    out = run_program(L, tmp_path, model=hooks,
+                      trainer={"max_epochs": 3, "val_check_interval": interval, **(trainer or {})})
+    out.update(val_steps=val_steps, val_check_batch=out.pop("trainer").val_check_batch)
+    return out
+
+
+TIMED = {  # 5 batches an epoch, one second each
+    "timedelta": (dict(interval=timedelta(seconds=2.5)), [3, 6, 9, 12, 15]),
+    "string": (dict(interval="00:00:00:03"), [3, 6, 9, 12, 15]),
+    "dict_every_2nd_epoch": (dict(interval={"seconds": 4}, trainer=dict(check_val_every_n_epoch=2)), [6, 10]),
+    "dict_across_epochs": (dict(interval={"seconds": 4}, trainer=dict(check_val_every_n_epoch=None)), [4, 8, 12]),
+    # the clock restarts when the train loader is reloaded
+    "reload": (dict(interval=timedelta(seconds=3), trainer=dict(reload_dataloaders_every_n_epochs=1)), [3, 8, 13]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIMED))
+def test_time_based_val_check_interval_matches_lightning(tmp_path, monkeypatch, case):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    kw, expected = TIMED[case]
+    a, b = run_both(_timed_program, tmp_path=tmp_path, clock=clock, **kw)
+    assert a["val_steps"] == b["val_steps"] == [(0, True)] + [(s, False) for s in expected]
+    assert a["val_check_batch"] is b["val_check_batch"] is None
+    assert_same_run(a, b)
+    assert b["global_step"] == 15
+
+
+@pytest.mark.parametrize("bad", ["1:2:3", "aa:00:00:01", {"secs": 1}])
+def test_malformed_time_interval_is_refused_with_the_value(bad):
+    import ember
+
+    with pytest.raises(ValueError, match=r"val_check_interval=.*(DD:HH:MM:SS|secs)"):
+        ember.Trainer(val_check_interval=bad)
