@@ -693,6 +693,10 @@ def open_train_batches(run: Any) -> tuple[Iterator[tuple[int, Any]], BatchPhase 
     skip = 0
     if resume is not None:
         skip = resume.batches_done
+        if skip and run.data.steps_on_iterator:
+            raise CheckpointError("This checkpoint was saved inside an epoch of a training_step(self, dataloader_iter), "
+                                  "whose steps take any number of batches, so ember cannot tell which batches are "
+                                  "left; resume from a checkpoint saved at the end of an epoch.")
         if resume.epoch_start_rng is None:
             _warn_once("no-epoch-rng", "The checkpoint does not hold the RNG state of its epoch's start, so the "
                        "resumed epoch may draw a different shuffle order than the interrupted one.")
@@ -708,6 +712,11 @@ def open_train_batches(run: Any) -> tuple[Iterator[tuple[int, Any]], BatchPhase 
     limit = run.data.train_limit
     if limit is not None:
         pairs = itertools.islice(pairs, max(limit - skip, 0))
+    if run.data.steps_on_iterator:
+        from .iterator_step import steps_of
+
+        # training_step(dataloader_iter): one step may take several batches; the loop gets (step, iterator).
+        return steps_of(pairs, run.data.num_training_batches, run.data.num_training_batches), None
     return pairs, (resume.phase if resume is not None and skip else None)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from .config import TrainerConfig, parse_duration
 from .hooks import is_overridden
+from .iterator_step import takes_dataloader_iter
 from .utilities.combined_loader import CombinedLoader, ZippedBatches, inner_loaders
 from .utilities.seed import seed_workers_of
 
@@ -57,6 +58,7 @@ class RunLoaders:
         self.val_source: Any = None
         self.train_dataloader: Any = None  # what trainer.train_dataloader shows (several: the list or dict given)
         self.train_iterable: Any = None  # what the loop iterates (several: their zipped batches)
+        self.steps_on_iterator = False  # training_step(self, dataloader_iter) (ember.iterator_step)
         self.train_ready = False
         self.train_limit: int | None = None
         self.num_training_batches: float = 0
@@ -139,6 +141,7 @@ class RunLoaders:
             raise ValueError("The training dataloader is empty (len 0): there is nothing to train on. Check the "
                              "dataset size, batch_size and drop_last.")
         self.train_ready = True
+        self.steps_on_iterator = takes_dataloader_iter(self.module)
         self.num_training_batches = self.train_limit if self.train_limit is not None else math.inf
         self.val_check_batch = self._val_check_batch()
 

@@ -82,6 +82,10 @@ class EpochPlan:
         self.training_step = strategy.step_method(module, "training_step")
         self.run_step = automatic_step if module.automatic_optimization else manual_step
         self.last_loss: Tensor | None = None
+        if run.data.steps_on_iterator:  # training_step(self, dataloader_iter): the step pulls its batches
+            from .iterator_step import adapt_plan
+
+            adapt_plan(self, run)
 
 
 def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:

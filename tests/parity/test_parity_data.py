@@ -194,3 +194,123 @@ def test_malformed_time_interval_is_refused_with_the_value(bad):
 
     with pytest.raises(ValueError, match=r"val_check_interval=.*(DD:HH:MM:SS|secs)"):
         ember.Trainer(val_check_interval=bad)
+
+
+# --------------------------------------------------------------------------- training_step(self, dataloader_iter)
+def _iter_program(L, tmp_path, *, take, trainer=None, plain=False):
+    """A training_step that pulls ``take`` batches from ``dataloader_iter`` and trains on the last one
+    (20 samples in batches of 4: 5 batches an epoch). The hooks are recorded, training_step is not (the
+    recorder's ``*args`` would hide the ``dataloader_iter`` parameter that both frameworks look for)."""
+    from parity_harness import boring_class, quiet, recording, recording_callback, weights
+
+    seen, calls = [], []
+
+    def loss_of(self, batch):
+        loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=4)
+        return loss
+
+    def training_step(self, dataloader_iter):
+        for _ in range(take):
+            batch, batch_idx, dataloader_idx = next(dataloader_iter)
+            seen.append((batch_idx, dataloader_idx, self.trainer.global_step))
+        return loss_of(self, batch)
+
+    def plain_step(self, batch, batch_idx):
+        return loss_of(self, batch)
+
+    def configure(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)]  # an epoch scheduler
+
+    def on_validation_start(self):
+        seen.append(("val", self.trainer.global_step))
+
+    cls = recording(boring_class(L, configure=configure, n_train=20, on_validation_start=on_validation_start), calls)
+    module = type("IterModule", (cls,), {"training_step": plain_step if plain else training_step})()
+    t = L.Trainer(**quiet(tmp_path, max_epochs=2, callbacks=[recording_callback(L, calls)], **(trainer or {})))
+    t.fit(module)
+    return dict(seen=seen, calls=calls, lr=t.optimizers[0].param_groups[0]["lr"], global_step=t.global_step,
+                weights=weights(module), callback_metrics={k: float(v) for k, v in t.callback_metrics.items()})
+
+
+ITER_CASES = {  # take, trainer, global steps, validations (global steps), lr after 2 epochs
+    "one_batch_a_step": (1, {}, 10, [0, 5, 10], 0.025),
+    # 5 batches, 2 a step: the third step asks for a 6th batch, which ends the epoch inside the step:
+    # no optimizer step, no on_train_batch_end, no end-of-epoch validation or epoch scheduler step.
+    "two_batches_a_step": (2, {}, 4, [0], 0.1),
+    "three_batches_a_step": (3, {}, 2, [0], 0.1),
+    "val_every_2_steps": (2, dict(val_check_interval=2), 4, [0, 2, 4], 0.1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ITER_CASES))
+def test_dataloader_iter_training_step_matches_lightning(tmp_path, case):
+    take, trainer, steps, val_steps, lr = ITER_CASES[case]
+    a, b = run_both(_iter_program, tmp_path=tmp_path, take=take, trainer=trainer)
+    assert a["calls"] == b["calls"], first_difference(a["calls"], b["calls"])
+    assert a["seen"] == b["seen"]
+    assert a["global_step"] == b["global_step"] == steps
+    assert [s[1] for s in b["seen"] if s[0] == "val"] == val_steps
+    assert a["lr"] == b["lr"] == pytest.approx(lr)
+    for k in a["weights"]:
+        assert torch.equal(a["weights"][k], b["weights"][k]), k
+    assert_same_metrics(a["callback_metrics"], b["callback_metrics"])
+    # on_train_batch_start gets the batch fetched last: (None, 0) when an epoch starts
+    starts = [c[1] for c in b["calls"] if c[0] == "cb.on_train_batch_start"]
+    assert starts[0] == (None, 0)
+
+
+def test_dataloader_iter_with_accumulation_keeps_the_window_unlike_lightning(tmp_path):
+    # Lightning decides zero_grad from the index of the batch fetched *before* the step, one behind, so in
+    # this form it zeroes the gradients at the second step of each window and throws the first step's away.
+    # ember counts the window itself: the result is that of the plain training_step(batch, batch_idx).
+    kw = dict(take=1, trainer=dict(accumulate_grad_batches=2))
+    a, b = run_both(_iter_program, tmp_path=tmp_path, **kw)
+    plain = _iter_program(ember_module(), tmp_path, plain=True, **kw)
+    assert a["global_step"] == b["global_step"] == plain["global_step"] == 6
+    for k in b["weights"]:
+        assert torch.equal(b["weights"][k], plain["weights"][k]), k
+    assert any(not torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+    def zero_grads(calls):  # (steps taken before) at each optimizer_zero_grad in the first epoch
+        step, out = 0, []
+        for c in calls:
+            if c[0] == "cb.on_train_batch_start":
+                step += 1
+            if c[0] == "m.optimizer_zero_grad" and c[2][4] == 0:
+                out.append(step)
+        return out
+
+    assert zero_grads(b["calls"]) == [1, 3, 5]  # the first step of each window (of 2, the last one short)
+    # Lightning: steps 1 and 2 (both see batch index 0 as "the batch fetched last"), then step 4
+    assert zero_grads(a["calls"]) == [1, 2, 4]
+
+
+def ember_module():
+    import ember
+
+    return ember
+
+
+def test_dataloader_iter_needs_batch_size_for_epoch_means(tmp_path):
+    import ember as L
+
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+
+        def training_step(self, dataloader_iter):
+            x, y = next(dataloader_iter)[0]
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("loss", loss, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="batch_size=N"):
+        trainer.fit(Model(), DataLoader(data(8), batch_size=4))
