@@ -36,6 +36,8 @@ class Net(L.LightningModule):
                                        torch.nn.Linear(16, 1))
 
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, dict):  # several train loaders (the "combined" config): one batch of each
+            batch = [torch.cat(parts) for parts in zip(*batch.values())]
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True)
@@ -119,6 +121,14 @@ def loaders(explicit_generator):
         # 2 worker processes, each seeded from the main process's RNG when the epoch's iterator is made.
         train = DataLoader(AugmentedRows(x, y), batch_size=4, shuffle=True, num_workers=2)
         return train, DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
+    if explicit_generator == "combined":
+        # 12 batches shuffled from the global RNG, zipped with 5 shuffled by their own generator, which start
+        # again twice an epoch (each restart draws a new order mid-epoch).
+        short = DataLoader(TensorDataset(x[:20], y[:20]), batch_size=4, shuffle=True,
+                           generator=torch.Generator().manual_seed(11))
+        train = L.pytorch.utilities.CombinedLoader(
+            {"long": DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True), "short": short}, "max_size_cycle")
+        return train, DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
     gen = torch.Generator().manual_seed(7) if explicit_generator else None
     train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=gen)
     val = DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
@@ -137,6 +147,10 @@ CONFIGS = {
                        dict(batches=(5, 13), validations=(2, 5, 8))),
     # mid-epoch in the first and second epoch, and at an epoch end, with augmentation drawn in the workers
     "workers": (dict(), "workers", dict(batches=(5, 19), epoch_ends=(0,))),
+    # two train loaders in a CombinedLoader: before and after the short one restarts, inside an accumulation
+    # window, in the second epoch, after a validation inside the epoch, and at an epoch end
+    "combined": (dict(accumulate_grad_batches=2, val_check_interval=0.5), "combined",
+                 dict(batches=(4, 7, 17), validations=(1,), epoch_ends=(0,))),
 }
 POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
           for point in [f"batch{b}" for b in where.get("batches", ())]
