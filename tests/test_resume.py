@@ -452,3 +452,26 @@ def test_a_sampler_of_unknown_state_gets_a_warning_naming_it(tmp_path, monkeypat
     fit_with_sampler(OwnRandomSampler, tmp_path, saver=SaveAt(str(tmp_path), batches=(7,)))
     with pytest.warns(UserWarning, match=r"OwnRandomSampler.*state_dict\(\) and load_state_dict\(\)"):
         fit_with_sampler(OwnRandomSampler, tmp_path / "r", ckpt_path=str(tmp_path / "batch7.ckpt"))
+
+
+def test_mid_epoch_checkpoint_of_a_dataloader_iter_step_is_refused_clearly(tmp_path):
+    from ember.checkpoint import CheckpointError
+
+    class IterNet(Net):
+        def training_step(self, dataloader_iter):
+            batch, _, _ = next(dataloader_iter)
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log("train_loss", loss, batch_size=len(x))
+            return loss
+
+    def run(ckpt_path=None, saver=None):
+        L.seed_everything(1)
+        trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=[saver] if saver else None,
+                            **QUIET)
+        trainer.fit(IterNet(), loaders(False)[0], ckpt_path=ckpt_path)
+        return trainer
+
+    assert run(saver=SaveAt(str(tmp_path), batches=(3,))).global_step == BATCHES_PER_EPOCH
+    with pytest.raises(CheckpointError, match="inside an epoch of a training_step\\(self, dataloader_iter\\)"):
+        run(ckpt_path=os.path.join(tmp_path, "batch3.ckpt"))
