@@ -11,7 +11,8 @@ __all__ = ["rank_zero_only", "rank_zero_warn", "rank_zero_info", "seed_everythin
 
 
 def __getattr__(name: str) -> Any:
-    # CombinedLoader loads on first use, like every public name of ember.
-    if name == "CombinedLoader":
-        return importlib.import_module(".combined_loader", __name__).CombinedLoader
+    # CombinedLoader (and its module, reached as an attribute as in Lightning) load on first use.
+    if name in ("CombinedLoader", "combined_loader"):
+        module = importlib.import_module(".combined_loader", __name__)
+        return module if name == "combined_loader" else module.CombinedLoader
     raise AttributeError(f"module 'ember.utilities' has no attribute {name!r}")

@@ -314,3 +314,53 @@ def test_dataloader_iter_needs_batch_size_for_epoch_means(tmp_path):
                         enable_model_summary=False, default_root_dir=str(tmp_path))
     with pytest.raises(ValueError, match="batch_size=N"):
         trainer.fit(Model(), DataLoader(data(8), batch_size=4))
+
+
+# --------------------------------------------------------------------------- CombinedLoader itself
+@pytest.mark.parametrize("mode", ["min_size", "max_size_cycle", "max_size", "sequential"])
+def test_combined_loader_yields_what_lightnings_does(mode):
+    from parity_harness import FRAMEWORKS
+
+    a, b = [0, 1, 2, 3, 4], [10, 11, 12]
+    structures = ({"a": a, "b": b}, [a, b], (a, b), {"x": [a, b], "y": b})
+    out = {}
+    for name, L in FRAMEWORKS.items():
+        combined_cls = L.pytorch.utilities.combined_loader.CombinedLoader
+        rows = []
+        for iterables in structures:
+            combined = combined_cls(iterables, mode)
+            iter(combined)  # Lightning's len() needs an iterator first
+            rows.append((len(combined), list(combined), combined.flattened, combined.sampler))
+        limited = combined_cls([a, b], mode)
+        limited.limits = [2, 1]
+        iter(limited)
+        rows.append(len(limited))
+        out[name] = rows
+    assert out["lightning"] == out["ember"]
+    assert out["ember"][0][0] == {"min_size": 3, "max_size_cycle": 5, "max_size": 5, "sequential": 8}[mode]
+
+
+def _zipped_eval_program(L, tmp_path):
+    seen = []
+
+    def val_dataloader(self):
+        return L.pytorch.utilities.CombinedLoader(
+            {"p": DataLoader(data(12, seed=31), batch_size=4), "q": DataLoader(data(8, seed=32), batch_size=4)},
+            "min_size")
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        seen.append((sorted(batch), batch_idx, dataloader_idx))
+        self.log("val_loss", _loss(self, batch))
+
+    out = run_program(L, tmp_path, stage="validate",
+                      model=dict(val_dataloader=val_dataloader, validation_step=validation_step))
+    out.pop("trainer")
+    out["seen"] = seen
+    return out
+
+
+def test_a_zipping_combined_loader_validates_as_one_loader_like_lightning(tmp_path):
+    a, b = run_both(_zipped_eval_program, tmp_path=tmp_path)
+    assert a["seen"] == b["seen"] == [(["p", "q"], 0, 0), (["p", "q"], 1, 0)]
+    assert_same_run(a, b)
+    assert len(b["returned"]) == 1 and sorted(b["returned"][0]) == ["val_loss"]
