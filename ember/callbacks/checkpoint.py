@@ -267,8 +267,8 @@ class ModelCheckpoint(Callback):
         """Lightning's rule: at the end of the training epoch unless validation runs on another schedule."""
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
-        if trainer.check_val_every_n_epoch != 1 or trainer.val_check_batch is None:
-            return False  # (None: a time-based val_check_interval; the save waits for its validation)
+        if trainer.check_val_every_n_epoch != 1:
+            return False
         if not sum(trainer.num_val_batches):
             return True
         return trainer.val_check_interval == 1.0

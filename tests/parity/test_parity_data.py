@@ -364,3 +364,70 @@ def test_a_zipping_combined_loader_validates_as_one_loader_like_lightning(tmp_pa
     assert a["seen"] == b["seen"] == [(["p", "q"], 0, 0), (["p", "q"], 1, 0)]
     assert_same_run(a, b)
     assert len(b["returned"]) == 1 and sorted(b["returned"][0]) == ["val_loss"]
+
+
+def _timed_checkpoint_program(L, tmp_path, *, clock):
+    import os
+
+    ckpt_dir = tmp_path / ("ckpt_" + L.__name__)
+    callbacks = lambda L: [L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=-1,  # noqa: E731
+                                                               filename="{epoch}-{step}")]
+    out = _timed_program_with(L, tmp_path, clock=clock, callbacks=callbacks)
+    out["files"] = sorted(os.listdir(ckpt_dir))
+    return out
+
+
+def _timed_program_with(L, tmp_path, *, clock, callbacks):
+    clock[0] = 1000.0
+
+    def training_step(self, batch, batch_idx):
+        clock[0] += 1.0
+        return torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+
+    out = run_program(L, tmp_path, model=dict(training_step=training_step, n_train=20), callbacks=callbacks,
+                      trainer=dict(max_epochs=2, val_check_interval=timedelta(seconds=4), enable_checkpointing=True))
+    out.pop("trainer")
+    return out
+
+
+def test_time_based_validation_moves_checkpoints_to_validation_end_like_lightning(tmp_path, monkeypatch):
+    # With a time-based interval ModelCheckpoint saves after each validation, not at the epoch's end.
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    a, b = run_both(_timed_checkpoint_program, tmp_path=tmp_path, clock=clock)
+    assert a["files"] == b["files"] == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert_same_run(a, b)
+
+
+def _timed_checkpoint_no_val(L, tmp_path, *, clock):
+    import os
+
+    ckpt_dir = tmp_path / ("noval_" + L.__name__)
+    clock[0] = 1000.0
+    cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=-1, filename="{epoch}-{step}")
+    t = L.Trainer(**quiet_kw(tmp_path, max_epochs=2, val_check_interval=timedelta(seconds=4), limit_val_batches=0,
+                             enable_checkpointing=True, callbacks=[cb]))
+    t.fit(boring_model(L)())
+    return sorted(os.listdir(ckpt_dir)) if ckpt_dir.exists() else []
+
+
+def quiet_kw(tmp_path, **kw):
+    from parity_harness import quiet
+
+    return quiet(tmp_path, **kw)
+
+
+def boring_model(L):
+    from parity_harness import boring_class
+
+    return boring_class(L, n_train=20)
+
+
+def test_time_based_validation_without_val_data_still_checkpoints_unlike_lightning(tmp_path, monkeypatch):
+    # Lightning defers every save to a validation end, which never comes without val data: no checkpoint at
+    # all. ember saves at each epoch's end then, as it does for any run without validation.
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    a, b = run_both(_timed_checkpoint_no_val, tmp_path=tmp_path, clock=clock)
+    assert a == []
+    assert b == ["epoch=0-step=5.ckpt", "epoch=1-step=10.ckpt"]
