@@ -431,3 +431,38 @@ def test_time_based_validation_without_val_data_still_checkpoints_unlike_lightni
     a, b = run_both(_timed_checkpoint_no_val, tmp_path=tmp_path, clock=clock)
     assert a == []
     assert b == ["epoch=0-step=5.ckpt", "epoch=1-step=10.ckpt"]
+
+
+def _iter_manual_program(L, tmp_path):
+    from parity_harness import boring_class, quiet, recording, recording_callback, weights
+
+    calls = []
+
+    class Manual(recording(boring_class(L, n_train=20), calls)):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, dataloader_iter):
+            opt = self.optimizers()
+            batch, _, _ = next(dataloader_iter)
+            loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            self.log("train_loss", loss, batch_size=4)
+
+    module = Manual()
+    t = L.Trainer(**quiet(tmp_path, max_epochs=2, callbacks=[recording_callback(L, calls)]))
+    t.fit(module)
+    return dict(calls=calls, global_step=t.global_step, weights=weights(module),
+                callback_metrics={k: float(v) for k, v in t.callback_metrics.items()})
+
+
+def test_dataloader_iter_with_manual_optimization_matches_lightning(tmp_path):
+    a, b = run_both(_iter_manual_program, tmp_path=tmp_path)
+    assert a["calls"] == b["calls"], first_difference(a["calls"], b["calls"])
+    assert a["global_step"] == b["global_step"] == 10
+    for k in a["weights"]:
+        assert torch.equal(a["weights"][k], b["weights"][k]), k
+    assert_same_metrics(a["callback_metrics"], b["callback_metrics"])
