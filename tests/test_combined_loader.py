@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 import ember as L
+from boring import BoringLinear, sum_dataset
 from ember.utilities import CombinedLoader
 from ember.utilities.combined_loader import CombinedLoader as SameClass
 from ember.utilities.combined_loader import ZippedBatches
@@ -73,29 +73,12 @@ def test_len_of_an_unsized_loader_is_a_type_error():
         len(combined)
 
 
-def _net():
-    class Net(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.layer(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    return Net()
-
-
 def test_one_train_loader_is_iterated_as_it_is():
     # The hot path: no wrapper around a single DataLoader, so no extra call per batch.
-    x = torch.randn(8, 2)
-    loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+    loader = DataLoader(sum_dataset(8), batch_size=4)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                         enable_model_summary=False)
-    trainer.fit(_net(), loader)
+    trainer.fit(BoringLinear(), loader)
     assert trainer.data.train_iterable is trainer.train_dataloader is loader
     assert not isinstance(trainer.data.train_iterable, ZippedBatches)
     assert trainer.num_training_batches == 2 and trainer.global_step == 2
