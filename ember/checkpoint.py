@@ -66,12 +66,15 @@ def _ember_version() -> str:
 # --------------------------------------------------------------------------- RNG
 def loader_generators(loader: Any) -> list[torch.Generator]:
     """The explicit ``torch.Generator`` objects that decide a DataLoader's order (``generator=`` arguments)."""
+    from .utilities.combined_loader import inner_loaders
+
     found: list[torch.Generator] = []
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for obj in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
-        gen = getattr(obj, "generator", None)
-        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
-            found.append(gen)
+    for dl in inner_loaders(loader):  # several train loaders: each one's, in order
+        batch_sampler = getattr(dl, "batch_sampler", None)
+        for obj in (dl, getattr(dl, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+            gen = getattr(obj, "generator", None)
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+                found.append(gen)
     return found
 
 
@@ -155,14 +158,14 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         if info.get("restart_epoch") and state.epoch_start_rng is not None:
             info["rng"] = storable_rng(state.epoch_start_rng)
         else:
-            info["rng"] = storable_rng(capture_rng(loader_generators(trainer.train_dataloader)))
+            info["rng"] = storable_rng(capture_rng(loader_generators(trainer.data.train_iterable)))
         if info["mid_epoch"]:
             info["epoch_start_rng"] = storable_rng(state.epoch_start_rng)
             if state.accumulated:
                 # The gradients summed so far in an unfinished accumulation window.
                 info["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
         info["metrics"] = trainer.metric_store.state_dict()
-        loader_state = _loader_state(trainer.train_dataloader)
+        loader_state = _loader_state(trainer.data.train_iterable)
         if loader_state is not None:
             info["train_loader_state"] = loader_state
         if trainer.world_size > 1:
@@ -606,7 +609,7 @@ def restore_training_state(trainer: Any, path: str, weights_only: bool | None = 
     state.load_state_dict(info, ckpt["epoch"], ckpt["global_step"])
     if info.get("metrics") is not None:
         trainer.metric_store.load_state_dict(info["metrics"])
-    loader_restored = "train_loader_state" in info and _restore_loader(trainer.train_dataloader,
+    loader_restored = "train_loader_state" in info and _restore_loader(trainer.data.train_iterable,
                                                                        info["train_loader_state"])
     for name, p in module.named_parameters():
         grad = (info.get("grads") or {}).get(name)
@@ -628,7 +631,7 @@ def restore_training_state(trainer: Any, path: str, weights_only: bool | None = 
         state.epoch_reached_end = info.get("epoch_reached_end", True)
         finish_epoch(trainer.run_context)
     if info.get("rng") is not None:
-        restore_rng(info["rng"], loader_generators(trainer.train_dataloader))
+        restore_rng(info["rng"], loader_generators(trainer.data.train_iterable))
 
 
 def _load_optimization_state(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
@@ -682,7 +685,7 @@ def open_train_batches(run: Any) -> tuple[Iterator[tuple[int, Any]], BatchPhase 
     checkpoint stores that capture so a resume draws the same order. Runs
     once per epoch, never per step.
     """
-    state, loader = run.state, run.data.train_dataloader
+    state, loader = run.state, run.data.train_iterable
     resume, state.resume = state.resume, None
     gens = loader_generators(loader)
     if resume is not None and resume.epoch_start_rng is not None:
@@ -693,6 +696,10 @@ def open_train_batches(run: Any) -> tuple[Iterator[tuple[int, Any]], BatchPhase 
     skip = 0
     if resume is not None:
         skip = resume.batches_done
+        if skip and run.data.steps_on_iterator:
+            raise CheckpointError("This checkpoint was saved inside an epoch of a training_step(self, dataloader_iter), "
+                                  "whose steps take any number of batches, so ember cannot tell which batches are "
+                                  "left; resume from a checkpoint saved at the end of an epoch.")
         if resume.epoch_start_rng is None:
             _warn_once("no-epoch-rng", "The checkpoint does not hold the RNG state of its epoch's start, so the "
                        "resumed epoch may draw a different shuffle order than the interrupted one.")
@@ -714,6 +721,11 @@ def open_train_batches(run: Any) -> tuple[Iterator[tuple[int, Any]], BatchPhase 
         left = run.data.num_training_batches - skip
         pairs = timed_batches(run.profiler, "[_TrainingEpochLoop].train_dataloader_next", pairs,
                               left if left != float("inf") else None)
+    if run.data.steps_on_iterator:
+        from .iterator_step import steps_of
+
+        # training_step(dataloader_iter): one step may take several batches; the loop gets (step, iterator).
+        return steps_of(pairs, run.data.num_training_batches, run.data.num_training_batches), None
     return pairs, (resume.phase if resume is not None and skip else None)
 
 
@@ -746,7 +758,13 @@ def _warn_if_unknown_order(loader: Any) -> None:
     """Say so when ember cannot know that re-reading the first batches reproduces the interrupted epoch."""
     from torch.utils.data import DataLoader, IterableDataset
 
+    from .utilities.combined_loader import ZippedBatches
+
     if isinstance(loader, (list, tuple)):
+        return
+    if isinstance(loader, ZippedBatches):  # several loaders: read again one by one, in the same order
+        for inner in loader.combined.flattened:
+            _warn_if_unknown_order(inner)
         return
     if not isinstance(loader, DataLoader):
         what = f"the training dataloader ({type(loader).__name__})"

@@ -42,26 +42,37 @@ def _check_limit(name: str, value: Any) -> None:
 
 
 def _check_val_check_interval(value: Any) -> None:
+    if isinstance(value, (str, dict, timedelta)):
+        parse_duration(value, "val_check_interval")  # a time between validations; refused here if malformed
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and not 0.0 < value <= 1.0) or (isinstance(value, int) and value < 1):
         raise ValueError(f"Trainer(val_check_interval={value!r}) is not valid; allowed: a float in (0.0, 1.0] "
-                         "(fraction of an epoch) or an int >= 1 (batches).")
+                         "(fraction of an epoch), an int >= 1 (batches), or a time: 'DD:HH:MM:SS', a timedelta or "
+                         "a dict of timedelta arguments.")
 
 
 def parse_max_time(value: Any) -> float | None:
     """``max_time`` in seconds: ``"DD:HH:MM:SS"``, a ``timedelta`` or a dict of timedelta arguments."""
-    if value is None:
-        return None
+    return None if value is None else parse_duration(value, "max_time")
+
+
+def parse_duration(value: Any, name: str) -> float:
+    """A duration setting (``max_time``, a time-based ``val_check_interval``) in seconds."""
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, dict):
-        return timedelta(**value).total_seconds()
+        try:
+            return timedelta(**value).total_seconds()
+        except TypeError as err:
+            raise ValueError(f"Trainer({name}={value!r}) is not valid: {err}; allowed keys: days, seconds, "
+                             "microseconds, milliseconds, minutes, hours, weeks.") from None
     if isinstance(value, str):
         parts = value.split(":")
         if len(parts) == 4 and all(p.isdigit() for p in parts):
             d, h, m, s = (int(p) for p in parts)
             return timedelta(days=d, hours=h, minutes=m, seconds=s).total_seconds()
-    raise ValueError(f"Trainer(max_time={value!r}) is not valid; allowed: 'DD:HH:MM:SS', a timedelta or a dict of "
+    raise ValueError(f"Trainer({name}={value!r}) is not valid; allowed: 'DD:HH:MM:SS', a timedelta or a dict of "
                      "timedelta arguments.")
 
 
@@ -94,7 +105,7 @@ class TrainerConfig:
     limit_test_batches: int | float | None = None
     limit_predict_batches: int | float | None = None
     overfit_batches: int | float = 0.0
-    val_check_interval: int | float = 1.0
+    val_check_interval: Any = 1.0  # batches (int), a fraction of the epoch (float), or a time (str/dict/timedelta)
     check_val_every_n_epoch: int | None = 1
     num_sanity_val_steps: int = 2
     log_every_n_steps: int = 50

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Callable
 
 import torch
 
-from .config import TrainerConfig
+from .config import TrainerConfig, parse_duration
 from .hooks import is_overridden
+from .iterator_step import takes_dataloader_iter
+from .utilities.combined_loader import CombinedLoader, ZippedBatches, inner_loaders
 from .utilities.seed import seed_workers_of
 from .utilities.warnings import advise
 
@@ -54,11 +57,15 @@ class RunLoaders:
         self.profiler: Any = None
         self.train_source: Any = None  # what fit() was given; None: the datamodule or the module's hook
         self.val_source: Any = None
-        self.train_dataloader: Any = None
+        self.train_dataloader: Any = None  # what trainer.train_dataloader shows (several: the list or dict given)
+        self.train_iterable: Any = None  # what the loop iterates (several: their zipped batches)
+        self.steps_on_iterator = False  # training_step(self, dataloader_iter) (ember.iterator_step)
         self.train_ready = False
         self.train_limit: int | None = None
         self.num_training_batches: float = 0
-        self.val_check_batch: float = math.inf
+        self.val_check_batch: float | None = math.inf
+        self.val_check_seconds = math.inf  # a time-based val_check_interval, in seconds
+        self.last_val_time = 0.0  # time.monotonic() when the clock of a time-based val_check_interval started
         self.val_loaders: list[Any] | None = []  # None: validation will run, its loaders are not requested yet
         self.val_limits: list[int | None] = []
         self.val_dataloaders: Any = None
@@ -116,35 +123,51 @@ class RunLoaders:
     # ---- training ----
     def setup_train(self) -> None:
         config = self.config
-        loader = self.train_source if self.train_source is not None else self._from_hooks("train_dataloader")
-        if isinstance(loader, (list, tuple, dict)) and loader and all(
-                isinstance(dl, torch.utils.data.DataLoader) for dl in (loader.values() if isinstance(loader, dict)
-                                                                     else loader)):
-            # Lightning zips several train loaders (CombinedLoader); ember does not, so say so instead of
-            # failing later inside training_step.
-            raise ValueError(f"ember trains from one dataloader; got a {type(loader).__name__} of {len(loader)}. "
-                             "Combine the datasets (e.g. torch.utils.data.ConcatDataset) into one loader.")
-        if loader is None:
+        source = self.train_source if self.train_source is not None else self._from_hooks("train_dataloader")
+        if source is None:
             raise ValueError(_NO_TRAIN_DATA.format(type(self.module).__name__))
+        combined = _train_combined(source)
+        if combined is None:  # one loader: iterated as it is, no wrapper per batch
+            loader = self._prepare_train_loader(source)
+            self.train_dataloader = self.train_iterable = loader
+            length = loader_length(loader)
+            self.train_limit = resolve_limit(config.limit_train_batches, length, "limit_train_batches")
+        else:
+            # Several loaders: each gets what one would (sampler, worker seeds, limit), Lightning's rule.
+            combined.flattened = [self._prepare_train_loader(dl) for dl in combined.flattened]
+            limits = [resolve_limit(config.limit_train_batches, loader_length(dl), "limit_train_batches")
+                      for dl in combined.flattened]
+            combined.limits = [math.inf if lim is None else lim for lim in limits]
+            self.train_dataloader, self.train_iterable = combined.iterables, ZippedBatches(combined)
+            length = loader_length(combined)
+            self.train_limit = None if length == math.inf else int(length)
+        if length == 0:
+            raise ValueError("The training dataloader is empty (len 0): there is nothing to train on. Check the "
+                             "dataset size, batch_size and drop_last.")
+        self.train_ready = True
+        self.steps_on_iterator = takes_dataloader_iter(self.module)
+        self.num_training_batches = self.train_limit if self.train_limit is not None else math.inf
+        self.val_check_batch = self._val_check_batch()
+
+    def _prepare_train_loader(self, loader: Any) -> Any:
+        config = self.config
         if config.overfit_batches:
             loader = _without_shuffle(loader)
         # Distributed: a DistributedSampler gives this rank its share; one device: unchanged.
         loader = self.strategy.distribute_loader(loader, "train", config.use_distributed_sampler,
                                                  bool(config.overfit_batches))
         seed_workers_of(loader, self.strategy.global_rank)
-        length = loader_length(loader)
-        if length == 0:
-            raise ValueError("The training dataloader is empty (len 0): there is nothing to train on. Check the "
-                             "dataset size, batch_size and drop_last.")
         _warn_few_workers(loader, "train")
-        self.train_dataloader, self.train_ready = loader, True
-        self.train_limit = resolve_limit(config.limit_train_batches, length, "limit_train_batches")
-        self.num_training_batches = self.train_limit if self.train_limit is not None else math.inf
-        self.val_check_batch = self._val_check_batch()
+        return loader
 
-    def _val_check_batch(self) -> float:
-        """``val_check_interval`` as a number of training batches (inf: at the end of a loader without len)."""
+    def _val_check_batch(self) -> float | None:
+        """``val_check_interval`` as a number of training batches (inf: at the end of a loader without len;
+        None: a time, checked on the clock after every batch, which starts now, as in Lightning)."""
         vci, n, config = self.config.val_check_interval, self.num_training_batches, self.config
+        if not isinstance(vci, (int, float)):
+            self.val_check_seconds = parse_duration(vci, "val_check_interval")
+            self.restart_val_clock()
+            return None
         if isinstance(vci, float):
             if n == math.inf:
                 if vci != 1.0:
@@ -157,14 +180,28 @@ class RunLoaders:
                              "lower it, or set check_val_every_n_epoch=None to count batches across epochs.")
         return vci
 
+    # ---- a time-based val_check_interval ----
+    def restart_val_clock(self) -> None:
+        """Called when the train loader is (re)loaded and when an evaluation ends (Lightning's two points)."""
+        self.last_val_time = time.monotonic()
+
+    def val_time_due(self) -> bool:
+        return time.monotonic() - self.last_val_time >= self.val_check_seconds
+
     def begin_epoch(self, epoch: int) -> None:
         """Reload the train loader when due (a loader given to fit is reused as is), then ``set_epoch``."""
         n = self.config.reload_dataloaders_every_n_epochs
         if n and epoch % n == 0 and epoch > 0:
             self.setup_train()
-        sampler = getattr(self.train_dataloader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+            # Lightning opens a reloaded loader twice (once when it loads it, once when the epoch starts) and
+            # reads the second; each opening draws the loader's base seed from the global RNG. Opening it once
+            # more here draws the same numbers, so the shuffles that follow match.
+            for loader in inner_loaders(self.train_iterable):
+                iter(loader)
+        for loader in inner_loaders(self.train_iterable):
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
 
     # ---- validation inside fit ----
     def validation_epoch(self, epoch: int) -> bool:
@@ -181,14 +218,9 @@ class RunLoaders:
         if loaders is None:
             self.val_loaders, self.val_limits = [], []
             return
-        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-        if config.overfit_batches:
-            loaders = [_without_shuffle(dl) for dl in loaders]  # its own data, in a fixed order (Lightning)
-        loaders = [self.strategy.distribute_loader(dl, "validate", config.use_distributed_sampler) for dl in loaders]
-        for dl in loaders:
-            seed_workers_of(dl, self.strategy.global_rank)
+        # overfit_batches: validation reads its own data, in a fixed order (Lightning)
+        loaders, self.val_dataloaders = self._prepare_eval(loaders, "validate", bool(config.overfit_batches))
         self.val_loaders = loaders
-        self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
         self.val_limits = [resolve_limit(config.limit_val_batches, loader_length(dl), "limit_val_batches")
                            for dl in loaders]
         self.num_val_batches = [lim if lim is not None else math.inf for lim in self.val_limits]
@@ -226,11 +258,7 @@ class RunLoaders:
         if loaders is None:
             raise ValueError(f"Trainer.{stage}() found no data: pass dataloaders=DataLoader(...), a datamodule, or "
                              f"define {type(self.module).__name__}.{name}().")
-        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-        loaders = [self.strategy.distribute_loader(dl, stage, self.config.use_distributed_sampler) for dl in loaders]
-        for dl in loaders:
-            seed_workers_of(dl, self.strategy.global_rank)
-        public = loaders[0] if len(loaders) == 1 else loaders
+        loaders, public = self._prepare_eval(loaders, stage)
         if stage == "validate":
             self.val_dataloaders = public
         elif stage == "test":
@@ -238,6 +266,47 @@ class RunLoaders:
         else:
             self.predict_dataloaders = public
         return loaders
+
+    def _prepare_eval(self, source: Any, stage: str, overfit: bool = False) -> tuple[list[Any], Any]:
+        """The eval loaders the loop runs one after the other, and what ``trainer.*_dataloaders`` shows.
+
+        A list or dict runs loader by loader (``dataloader_idx`` in its order); a zipping CombinedLoader is one
+        loader of zipped batches. Each inner loader gets the distributed sampler and the worker seeds.
+        """
+        combined = _eval_combined(source)
+        flat = combined.flattened if combined is not None else [source]
+        if overfit:
+            flat = [_without_shuffle(dl) for dl in flat]
+        flat = [self.strategy.distribute_loader(dl, stage, self.config.use_distributed_sampler) for dl in flat]
+        for dl in flat:
+            seed_workers_of(dl, self.strategy.global_rank)
+        if combined is None:
+            return flat, flat[0]
+        combined.flattened = flat
+        if combined.mode != "sequential":
+            return [ZippedBatches(combined)], combined.iterables
+        return flat, flat[0] if len(flat) == 1 else combined.iterables
+
+
+def _train_combined(source: Any) -> CombinedLoader | None:
+    """Several train loaders as one CombinedLoader (a list or dict of them: ``max_size_cycle``); None for one."""
+    if isinstance(source, CombinedLoader):
+        if source.mode == "sequential":
+            raise ValueError("Trainer.fit() does not train on CombinedLoader(mode='sequential'); allowed modes: "
+                             "'max_size_cycle', 'min_size', 'max_size'.")
+        return CombinedLoader(source.iterables, source.mode)  # a copy: the Trainer replaces its loaders
+    if isinstance(source, (list, tuple, dict)) and source and all(
+            isinstance(dl, torch.utils.data.DataLoader) for dl in inner_loaders(source)):
+        return CombinedLoader(source, "max_size_cycle")
+    return None
+
+
+def _eval_combined(source: Any) -> CombinedLoader | None:
+    if isinstance(source, CombinedLoader):
+        return CombinedLoader(source.iterables, source.mode)  # a copy: the Trainer replaces its loaders
+    if isinstance(source, (list, tuple, dict)):
+        return CombinedLoader(source, "sequential")
+    return None
 
 
 _NO_TRAIN_DATA = ("Trainer.fit() found no training data: pass train_dataloaders=DataLoader(...), a datamodule, or "

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 
+from .iterator_step import DataloaderIter
+
 _FOLD = 512
 _REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
 
@@ -53,6 +55,9 @@ def extract_batch_size(batch: Any) -> int:
             if n:
                 return n
         return 1
+    if isinstance(batch, DataloaderIter):
+        raise ValueError("With training_step(self, dataloader_iter) there is no batch to measure: pass "
+                         "self.log(..., batch_size=N) for a value averaged over the epoch.")
     return 1
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from .hooks import is_overridden
+from .iterator_step import EpochRanOut
 from .logging import MetricStore, eval_loader_values, publish_step_metrics, write_eval_epoch, write_train_epoch
 from .optim import LightningOptimizer, step_schedulers
 from .profilers.wiring import timed, timed_batches
@@ -86,10 +87,12 @@ def validate_now(run: Run, batch_idx: int) -> bool:
     if not run.data.val_loaders:
         return False  # a reload inside the epoch found none
     stopping = state.should_stop and minimums_reached(run)
-    if every == math.inf:
-        return state.is_last_batch or stopping  # a loader without len validates at its end
+    if every == math.inf or state.is_last_batch and run.data.steps_on_iterator:
+        return state.is_last_batch or stopping  # at the loader's end: it has no len / a dataloader_iter step ran out
     if stopping:
         return True  # a stop request validates before stopping
+    if every is None:  # a time-based val_check_interval: no end-of-epoch run, only the clock (Lightning)
+        return run.data.val_time_due()
     if run.config.check_val_every_n_epoch is None:
         return state.total_batches_run % every == 0
     # With a fraction that does not divide the epoch, the epoch's end gets no extra validation (Lightning).
@@ -162,38 +165,41 @@ def train_epoch(run: Run) -> None:
     on_batch_start, step, move, prepare = plan.on_batch_start, plan.run_step, plan.move_batches, plan.prepare_batch
     last_idx = data.num_training_batches - 1 if data.num_training_batches != math.inf else -1
     state.is_last_batch = state.epoch_reached_end = False
-    for batch_idx, batch in open_epoch(run, plan):
-        state.batch_idx = batch_idx
-        is_last = state.is_last_batch = batch_idx == last_idx
-        if move:
-            batch = prepare(run, batch, 0)
-        metrics.current_batch = batch
-        if on_batch_start and -1 in [fn(batch, batch_idx) for fn in on_batch_start]:
-            # -1 ends the epoch here: Lightning still steps the lr schedulers for this batch.
-            state.is_last_batch = state.epoch_reached_end = True
-            for interval in ("step", "epoch"):
-                step_schedulers(run, interval)
-            break
-        outputs = step(run, batch, batch_idx, plan)
-        if is_last:
-            # Epoch-interval schedulers step with the last batch, before on_train_batch_end (Lightning).
-            state.epoch_reached_end = True
-            if plan.epoch_schedulers:
-                step_schedulers(run, "epoch")
-        if end_of_batch(run, plan, outputs, batch, batch_idx):
-            break
-    else:
-        if state.batches_seen_in_epoch == 0 and data.train_limit != 0:
-            raise ValueError("The training dataloader produced no batches. Check that the dataset is not empty "
-                             "and that drop_last=True with batch_size larger than the dataset is not discarding "
-                             "everything.")
-        if data.num_training_batches == math.inf and state.batches_seen_in_epoch:
-            # A loader without len: its end is only known now (Lightning looks one batch ahead, so there the
-            # schedulers and the validation below happen inside the last batch).
-            state.is_last_batch = state.epoch_reached_end = True
-            if plan.epoch_schedulers:
-                step_schedulers(run, "epoch")
-            end_of_batch(run, plan, None, None, state.batch_idx, BatchPhase.VALIDATION, BatchPhase.AFTER_VALIDATION)
+    try:
+        for batch_idx, batch in open_epoch(run, plan):
+            state.batch_idx = batch_idx
+            is_last = state.is_last_batch = batch_idx == last_idx
+            if move:
+                batch = prepare(run, batch, 0)
+            metrics.current_batch = batch
+            if on_batch_start and -1 in [fn(batch, batch_idx) for fn in on_batch_start]:
+                # -1 ends the epoch here: Lightning still steps the lr schedulers for this batch.
+                state.is_last_batch = state.epoch_reached_end = True
+                for interval in ("step", "epoch"):
+                    step_schedulers(run, interval)
+                break
+            outputs = step(run, batch, batch_idx, plan)
+            if is_last:
+                # Epoch-interval schedulers step with the last batch, before on_train_batch_end (Lightning).
+                state.epoch_reached_end = True
+                if plan.epoch_schedulers:
+                    step_schedulers(run, "epoch")
+            if end_of_batch(run, plan, outputs, batch, batch_idx):
+                break
+        else:
+            if state.batches_seen_in_epoch == 0 and data.train_limit != 0:
+                raise ValueError("The training dataloader produced no batches. Check that the dataset is not empty "
+                                 "and that drop_last=True with batch_size larger than the dataset is not discarding "
+                                 "everything.")
+            if data.num_training_batches == math.inf and state.batches_seen_in_epoch:
+                # A loader without len: its end is only known now (Lightning looks one batch ahead, so there the
+                # schedulers and the validation below happen inside the last batch).
+                state.is_last_batch = state.epoch_reached_end = True
+                if plan.epoch_schedulers:
+                    step_schedulers(run, "epoch")
+                end_of_batch(run, plan, None, None, state.batch_idx, _VALIDATION, _AFTER_VALIDATION)
+    except EpochRanOut:
+        pass  # a training_step(dataloader_iter) asked for more than there was: the epoch ends (Lightning)
     if state.preempt_signal is not None:
         # SIGTERM: the last batch is complete; ember.checkpoint.preemption_guard saves and exits.
         from .checkpoint import TrainingPreempted
@@ -307,8 +313,6 @@ def run_evaluation(run: Run, stage: str, request: LoaderRequest | None) -> list[
 
 
 def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]) -> list[dict[str, float]]:
-    from .module import LightningModule
-
     state, hooks, metrics, module, precision = run.state, run.hooks, run.metrics, run.module, run.precision
     prefix = _EVAL_PREFIX[stage]
     step = timed(  # the bound method unless a wrapper needs it; a profiler times it as the strategy's (Lightning)
@@ -355,17 +359,24 @@ def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]
     results = write_eval_epoch(run, outputs)
     metrics.enter(None)  # on_*_end reads the views but may not log
     hooks.call(f"{prefix}_end")
+    run.data.restart_val_clock()
     metrics.reset_stage(stage)
     if state.in_fit:
         metrics.enter("train", resume_phase)
-    # The *_model_train hook runs only when the module overrides it; otherwise each submodule gets back its
-    # own mode (a frozen, eval-mode backbone stays in eval), as in Lightning.
-    if is_overridden(module, f"{prefix}_model_train", LightningModule):
-        timed(run.profiler, module, f"{prefix}_model_train")()
-    else:
-        _restore_modes(modes)
+    _back_to_train_modes(run, prefix, modes)
     state.training, state.evaluating = was_training, None
     return results
+
+
+def _back_to_train_modes(run: Run, prefix: str, modes: list[tuple[Any, bool]]) -> None:
+    from .module import LightningModule
+
+    # The *_model_train hook runs only when the module overrides it; otherwise each submodule gets back its
+    # own mode (a frozen, eval-mode backbone stays in eval), as in Lightning.
+    if is_overridden(run.module, f"{prefix}_model_train", LightningModule):
+        timed(run.profiler, run.module, f"{prefix}_model_train")()
+    else:
+        _restore_modes(modes)
 
 
 def _batches(run: Run, action: str, loader: Any, limit: int | None) -> Any:

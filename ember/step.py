@@ -123,6 +123,10 @@ class EpochPlan:
             from .microbatch import MicrobatchedForwardBackward
             self.forward_backward = MicrobatchedForwardBackward(run, self)
         self.last_loss: Tensor | None = None
+        if run.data.steps_on_iterator:  # training_step(self, dataloader_iter): the step pulls its batches
+            from .iterator_step import adapt_plan
+
+            adapt_plan(self, run)
 
 
 def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:

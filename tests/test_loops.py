@@ -137,7 +137,26 @@ def test_sanity_check_does_not_change_the_training_rng():
     assert order(0) == order(2)
 
 
-def test_several_train_loaders_are_refused_clearly():
-    loaders = [DataLoader(_data(), batch_size=4), DataLoader(_data(), batch_size=4)]
-    with pytest.raises(ValueError, match="trains from one dataloader"):
+def test_several_train_loaders_train_on_zipped_batches():
+    # (Replaces the test that several loaders are refused: they are supported now.)
+    seen = []
+
+    class Two(Net):
+        def training_step(self, batch, batch_idx):
+            seen.append((sorted(batch), batch_idx, len(batch["a"][0]), len(batch["b"][0])))
+            return super().training_step(batch["a"], batch_idx) + super().training_step(batch["b"], batch_idx)
+
+    loaders = {"a": DataLoader(_data(), batch_size=4), "b": DataLoader(_data(), batch_size=8)}
+    trainer = L.Trainer(max_epochs=1, **QUIET)
+    trainer.fit(Two(), loaders)
+    assert trainer.global_step == 2 and trainer.num_training_batches == 2
+    assert seen == [(["a", "b"], 0, 4, 8), (["a", "b"], 1, 4, 8)]
+    assert trainer.train_dataloader is not loaders and sorted(trainer.train_dataloader) == ["a", "b"]
+
+
+def test_fit_refuses_a_sequential_combined_loader():
+    from ember.utilities import CombinedLoader
+
+    loaders = CombinedLoader([DataLoader(_data(), batch_size=4)] * 2, "sequential")
+    with pytest.raises(ValueError, match="mode='sequential'"):
         L.Trainer(max_epochs=1, **QUIET).fit(Net(), loaders)

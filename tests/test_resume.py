@@ -37,6 +37,8 @@ class Net(L.LightningModule):
                                        torch.nn.Linear(16, 1))
 
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, dict):  # several train loaders (the "combined" config): one batch of each
+            batch = [torch.cat(parts) for parts in zip(*batch.values())]
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True)
@@ -120,6 +122,14 @@ def loaders(explicit_generator):
         # 2 worker processes, each seeded from the main process's RNG when the epoch's iterator is made.
         train = DataLoader(AugmentedRows(x, y), batch_size=4, shuffle=True, num_workers=2)
         return train, DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
+    if explicit_generator == "combined":
+        # 12 batches shuffled from the global RNG, zipped with 5 shuffled by their own generator, which start
+        # again twice an epoch (each restart draws a new order mid-epoch).
+        short = DataLoader(TensorDataset(x[:20], y[:20]), batch_size=4, shuffle=True,
+                           generator=torch.Generator().manual_seed(11))
+        train = L.pytorch.utilities.CombinedLoader(
+            {"long": DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True), "short": short}, "max_size_cycle")
+        return train, DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
     gen = torch.Generator().manual_seed(7) if explicit_generator else None
     train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=gen)
     val = DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4)
@@ -152,6 +162,10 @@ CONFIGS = {
                          dict(batches=(5, 18), validations=(3,), epoch_ends=(0,))),
     "swa": (dict(callbacks=lambda: [StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2, annealing_epochs=3)]),
             False, dict(batches=(5, 30), epoch_ends=(1,))),
+    # two train loaders in a CombinedLoader: before and after the short one restarts, inside an accumulation
+    # window, in the second epoch, after a validation inside the epoch, and at an epoch end
+    "combined": (dict(accumulate_grad_batches=2, val_check_interval=0.5), "combined",
+                 dict(batches=(4, 7, 17), validations=(1,), epoch_ends=(0,))),
 }
 POINTS = [(name, point) for name, (_, _, where) in CONFIGS.items()
           for point in [f"batch{b}" for b in where.get("batches", ())]
@@ -467,3 +481,26 @@ def test_a_sampler_of_unknown_state_gets_a_warning_naming_it(tmp_path, monkeypat
     fit_with_sampler(OwnRandomSampler, tmp_path, saver=SaveAt(str(tmp_path), batches=(7,)))
     with pytest.warns(UserWarning, match=r"OwnRandomSampler.*state_dict\(\) and load_state_dict\(\)"):
         fit_with_sampler(OwnRandomSampler, tmp_path / "r", ckpt_path=str(tmp_path / "batch7.ckpt"))
+
+
+def test_mid_epoch_checkpoint_of_a_dataloader_iter_step_is_refused_clearly(tmp_path):
+    from ember.checkpoint import CheckpointError
+
+    class IterNet(Net):
+        def training_step(self, dataloader_iter):
+            batch, _, _ = next(dataloader_iter)
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log("train_loss", loss, batch_size=len(x))
+            return loss
+
+    def run(ckpt_path=None, saver=None):
+        L.seed_everything(1)
+        trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=[saver] if saver else None,
+                            **QUIET)
+        trainer.fit(IterNet(), loaders(False)[0], ckpt_path=ckpt_path)
+        return trainer
+
+    assert run(saver=SaveAt(str(tmp_path), batches=(3,))).global_step == BATCHES_PER_EPOCH
+    with pytest.raises(CheckpointError, match="inside an epoch of a training_step\\(self, dataloader_iter\\)"):
+        run(ckpt_path=os.path.join(tmp_path, "batch3.ckpt"))

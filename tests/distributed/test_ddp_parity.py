@@ -19,7 +19,7 @@ import torch
 import _djobs as J
 
 CASES = ("unshuffled", "shuffled", "uneven", "drop_last", "accumulate", "val_sync", "evaluate", "evaluate_shuffled",
-         "custom_sampler", "batch_sampler", "overfit", "own_sampler", "dropout")
+         "custom_sampler", "batch_sampler", "overfit", "own_sampler", "dropout", "two_loaders")
 SPAWN_CASES = ("evaluate",)  # ddp_spawn starts fresh workers for every entry point: one case covers all four
 
 
@@ -114,3 +114,17 @@ def test_the_unshuffled_train_loader_is_read_shuffled_as_lightning_documents(lig
         for epoch in ("0", "1", "2"):
             order = torch.randperm(48, generator=torch.Generator().manual_seed(int(epoch))).tolist()
             assert seen[epoch] == order[rank::2]
+
+
+def test_two_train_loaders_are_each_sharded_across_the_ranks(ember_run):
+    records = _records(ember_run, "two_loaders")
+    r0, r1 = records["two_loaders.fit.rank0"], records["two_loaders.fit.rank1"]
+    # loader a: 48 samples, 24 a rank, 6 batches of 4; loader b: 20 samples, 10 a rank, 3 batches, read twice
+    assert r0["num_training_batches"] == r1["num_training_batches"] == 6
+    assert r0["global_step"] == 12
+    for epoch in ("0", "1"):
+        a0, a1 = r0["seen"][f"{epoch}a"], r1["seen"][f"{epoch}a"]
+        assert len(a0) == len(a1) == 24 and sorted(a0 + a1) == list(range(48))  # disjoint halves of a
+        b0, b1 = r0["seen"][f"{epoch}b"], r1["seen"][f"{epoch}b"]
+        assert len(b0) == 20 and b0[:10] == b0[10:]  # batches of 4, 4, 2: its half of b, then the same again
+        assert sorted(set(b0) | set(b1)) == list(range(20)) and not set(b0) & set(b1)

@@ -67,6 +67,10 @@ class Net(L.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, dict):  # several train loaders: one batch of each, recorded per loader
+            for key, (_, _, i) in batch.items():
+                self.seen.setdefault(f"{self.current_epoch}{key}", []).extend(int(v) for v in i)
+            batch = [torch.cat(parts) for parts in zip(*batch.values())]
         x, y, i = batch
         self.seen.setdefault(str(self.current_epoch), []).extend(int(v) for v in i)
         loss = torch.nn.functional.mse_loss(self(x), y)
@@ -74,20 +78,20 @@ class Net(L.LightningModule):
         self.log("train_loss_step", loss, sync_dist=True, on_step=True, on_epoch=False)
         return loss
 
-    def _eval(self, batch, name):
+    def _eval(self, batch, name, dataloader_idx=0):
         x, y, i = batch
-        key = f"{name}{'_sanity' if self.trainer.sanity_checking else ''}_e{self.current_epoch}"
+        key = f"{name}{'_sanity' if self.trainer.sanity_checking else ''}_e{self.current_epoch}_{dataloader_idx}"
         self.eval_seen.setdefault(key, []).extend(int(v) for v in i)
         loss = torch.nn.functional.mse_loss(self(x), y)
         self.log(f"{name}_loss", loss, sync_dist=True)
         self.log(f"{name}_max", loss, sync_dist=True, reduce_fx="max")
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        return self._eval(batch, "val")
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return self._eval(batch, "val", dataloader_idx)
 
-    def test_step(self, batch, batch_idx):
-        return self._eval(batch, "test")
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        return self._eval(batch, "test", dataloader_idx)
 
     def predict_step(self, batch, batch_idx):
         x, _, i = batch
@@ -172,10 +176,17 @@ def cases():
         "own_sampler": (dict(max_epochs=2), [(fit, dict(own=24))]),
         # dropout draws from the global RNG: both frameworks must re-seed it and draw alike
         "dropout": (dict(max_epochs=2), [(fit, dict(train=dict(n=32, shuffle=True), val=dict(n=8), dropout=0.3))]),
+        # a dict of train loaders (each gets its own distributed sampler; the shorter one starts again) and a
+        # dict of val loaders (each sharded, run one after the other)
+        "two_loaders": (dict(max_epochs=2, num_sanity_val_steps=1),
+                        [(fit, dict(train=dict(several=[dict(n=48, shuffle=True), dict(n=20)]),
+                                    val=dict(several=[dict(n=21), dict(n=10)])))]),
     }
 
 
 def make_loader(spec: dict) -> DataLoader:
+    if "several" in spec:
+        return {name: make_loader(one) for name, one in zip("ab", spec["several"])}
     spec = dict(spec)
     n = spec.pop("n")
     if "seed" in spec:  # the loader's own generator: the order then does not depend on the global RNG
