@@ -100,10 +100,10 @@ class TrainerConfig:
     max_steps: int = -1
     min_steps: int | None = None
     max_time: float | None = None  # seconds; enforced by a Timer callback, as in Lightning
-    limit_train_batches: int | float | None = None
-    limit_val_batches: int | float | None = None
-    limit_test_batches: int | float | None = None
-    limit_predict_batches: int | float | None = None
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+    limit_test_batches: int | float = 1.0
+    limit_predict_batches: int | float = 1.0
     overfit_batches: int | float = 0.0
     val_check_interval: Any = 1.0  # batches (int), a fraction of the epoch (float), or a time (str/dict/timedelta)
     check_val_every_n_epoch: int | None = 1
@@ -203,6 +203,9 @@ class TrainerConfig:
         if settings.get("overfit_batches"):
             _check_limit("overfit_batches", settings["overfit_batches"])
             settings["limit_train_batches"] = settings["limit_val_batches"] = settings["overfit_batches"]
+        for stage in ("train", "val", "test", "predict"):  # Lightning reads an unset limit as 1.0 (all of it)
+            if settings.get(f"limit_{stage}_batches") is None:
+                settings[f"limit_{stage}_batches"] = 1.0
         root = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         return cls(
             max_epochs=max_epochs, max_time=parse_max_time(max_time), fast_dev_run=fast_dev_run,

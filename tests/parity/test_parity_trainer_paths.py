@@ -35,6 +35,21 @@ def test_limit_predict_batches(tmp_path, limit):
         assert all(torch.equal(x, y) for x, y in zip(a["returned"], b["returned"]))
 
 
+@pytest.mark.parametrize("given,expected", [
+    (dict(), [1.0, 1.0, 1.0, 1.0, 0.0]),  # an unset limit reads 1.0, not None
+    (dict(overfit_batches=3), [3, 3, 1.0, 1.0, 3]),
+    (dict(fast_dev_run=2), [2, 2, 2, 2, 0.0]),
+    (dict(limit_train_batches=None, limit_val_batches=0.25), [1.0, 0.25, 1.0, 1.0, 0.0]),
+], ids=["unset", "overfit", "fast-dev-run", "none-and-fraction"])
+def test_the_limit_settings_read_as_in_lightning(given, expected):
+    def program(L):
+        t = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **given)
+        return [getattr(t, f"limit_{s}_batches") for s in ("train", "val", "test", "predict")] + [t.overfit_batches]
+
+    a, b = run_both(program)
+    assert a == b == expected
+
+
 @pytest.mark.parametrize("trainer,expected", [
     (dict(max_epochs=3), 12),  # 16 rows in batches of 4: 4 batches an epoch
     (dict(max_epochs=3, accumulate_grad_batches=3), 6),  # ceil(4 / 3) = 2 steps an epoch
