@@ -20,6 +20,18 @@ def logged_step(trainer: Any, after_step: bool) -> int:
     return count
 
 
-def should_update_logs(trainer: Any, after_step: bool) -> bool:
+def should_update_logs(trainer: Any, after_step: bool, eval_batch: int | None = None) -> bool:
+    """Lightning's rule. In training: the step about to be taken (or just taken) is a logging step. Inside an
+    evaluation or predict run, ``eval_batch`` (1-based, counted over the run's loaders) is the batch number that
+    must be a multiple of ``log_every_n_steps``."""
     every = trainer.log_every_n_steps
-    return bool(every) and ((logged_step(trainer, after_step) + 1) % every == 0 or trainer.should_stop)
+    if not every:
+        return False
+    count = eval_batch if eval_batch is not None else logged_step(trainer, after_step) + 1
+    return count % every == 0 or trainer.should_stop
+
+
+def next_eval_batch(previous: int, batch_idx: int, dataloader_idx: int) -> int:
+    """The 1-based batch number inside an evaluation/predict run, from an ``on_*_batch_start``: a run begins with
+    batch 0 of loader 0."""
+    return 1 if batch_idx == 0 and dataloader_idx == 0 else previous + 1

@@ -80,7 +80,8 @@ class ThroughputMonitor(Callback):
     def _log(self, trainer: Any, stage: str, step: int | None) -> None:
         from ..logging import write_logs
 
-        if not should_update_logs(trainer, after_step=True):
+        # step is None in training; in evaluation it is the run's batch number, which the log rule counts there
+        if not should_update_logs(trainer, after_step=True, eval_batch=step):
             return
         throughput = self._throughputs[stage]
         metrics = {f"{stage}{throughput.separator}{k}": v for k, v in throughput.compute().items()}

@@ -37,13 +37,13 @@ def _flops_of_linear(L):
     return measure(net, lambda: net(x), lambda y: y.sum())
 
 
-def _throughput_program(L, tmp_path, accumulate=1):
+def _throughput_program(L, tmp_path, accumulate=1, every=1):
     rows = _Rows.make(L)
     model = boring_class(L)()
     model.flops_per_batch = _flops_of_linear(L)
     monitor = L.pytorch.callbacks.ThroughputMonitor(batch_size_fn=lambda b: b[0].shape[0],
                                                     length_fn=lambda b: 3 * b[0].shape[0], window_size=2)
-    trainer = L.Trainer(**quiet(tmp_path, max_epochs=2, limit_val_batches=2, log_every_n_steps=1, callbacks=[monitor],
+    trainer = L.Trainer(**quiet(tmp_path, max_epochs=2, limit_val_batches=2, log_every_n_steps=every, callbacks=[monitor],
                                 logger=rows, accumulate_grad_batches=accumulate))
     trainer.fit(model)
     trainer.validate(model)
@@ -81,6 +81,14 @@ def test_throughput_monitor_logs_lightnings_keys_and_counts(tmp_path, accumulate
     val = [m for _, m in b["rows"] if "validate/batches" in m]
     assert [m["validate/batches"] for m in val] == [1, 2, 1, 2, 3, 4]
     assert [m["test/samples"] for _, m in b["rows"] if "test/samples" in m] == [4, 8]
+
+
+def test_throughput_monitor_follows_log_every_n_steps_like_lightning(tmp_path):
+    a, b = run_both(_throughput_program, tmp_path=tmp_path, every=2)
+    assert [_counts(r) for r in a["rows"]] == [_counts(r) for r in b["rows"]]
+    # training rows every 2nd step; evaluation rows at every 2nd batch of each run
+    assert [m["train/batches"] for _, m in b["rows"] if "train/batches" in m] == [2, 4, 6, 8]
+    assert [(s, m["validate/batches"]) for s, m in b["rows"] if "validate/batches" in m] == [(2, 2), (2, 2), (2, 4)]
 
 
 def test_throughput_rates_match_lightning_on_given_times():
