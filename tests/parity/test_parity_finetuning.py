@@ -2,9 +2,15 @@
 optimizer's groups and their lrs per epoch, the weights after training, and a resume after the unfreeze."""
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
+
 import pytest
 import torch
-from parity_harness import assert_same_weights, loader, quiet, run_both, weights
+from parity_harness import assert_same_weights, lightning, loader, quiet, run_both, weights
+
+import ember
 
 
 def _finetune_module(L):
@@ -90,8 +96,6 @@ def test_backbone_finetuning_unfreezes_on_schedule_like_lightning(tmp_path):
     lrs = [s["groups"][-1][1] for s in b["seen"]]
     assert [s["groups"][-1][0] for s in b["seen"][1:]] == [4, 4, 4]
     assert lrs[1:] == pytest.approx([0.005, 0.0075, 0.01125], rel=1e-12)
-    import ember
-
     assert b["weights"]["backbone.0.weight"].ne(_finetune_module(ember)().backbone[0].weight).all()  # it trained
 
 
@@ -155,3 +159,23 @@ def test_base_finetuning_subclass_and_tools_match_lightning(tmp_path):
     assert b["seen"][1]["groups"] == [(6, 0.05), (2, 0.01)]  # 0.05 / initial_denom_lr
     assert b["flat"] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "Linear"]
     assert b["bn"] == (False, False)
+
+
+def test_ember_resumes_lightnings_finetuning_checkpoint(tmp_path):
+    """A checkpoint Lightning wrote after the unfreeze: ember rebuilds its groups and goes on exactly."""
+    seen = []
+    cb = lightning.pytorch.callbacks.BackboneFinetuning(**FINETUNE)
+    trainer = lightning.Trainer(max_epochs=2, callbacks=[cb], **quiet(tmp_path, limit_val_batches=0))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        trainer.fit(_finetune_module(lightning)(), train_dataloaders=loader(n=16, batch_size=4))
+        path = str(tmp_path / "lightning.ckpt")
+        trainer.save_checkpoint(path)
+        model = _finetune_module(ember)()
+        resumed = ember.Trainer(max_epochs=4, callbacks=[ember.callbacks.BackboneFinetuning(**FINETUNE),
+                                                         _epoch_recorder(ember, seen)],
+                                **quiet(tmp_path, limit_val_batches=0))
+        resumed.fit(model, train_dataloaders=loader(n=16, batch_size=4), ckpt_path=path)
+    straight = _backbone_program(ember, tmp_path / "straight", **FINETUNE)
+    assert seen == straight["seen"][2:]  # the groups, lrs and trainable parameters of epochs 2 and 3
+    assert_same_weights(weights(model), straight["weights"])
