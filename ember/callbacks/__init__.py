@@ -27,7 +27,7 @@ _LAZY = {
     "BaseFinetuning": ".finetuning",
     "BackboneFinetuning": ".finetuning",
     "ModelPruning": ".pruning",
-    "DeviceStatsMonitor": ".device_stats",
+    "DeviceStatsMonitor": ".device_stats_monitor",
     "ThroughputMonitor": ".throughput_monitor",
     "RichModelSummary": ".rich_model_summary",
     "SpikeDetection": ".spike",
