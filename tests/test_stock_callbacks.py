@@ -17,7 +17,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def _readme_example() -> str:
     text = README.read_text()
-    section = text[text.index("### Fine-tuning, pruning and monitors"):]
+    section = text[text.index("## Fine-tuning, pruning and monitors"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
