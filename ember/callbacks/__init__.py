@@ -24,6 +24,14 @@ _LAZY = {
     "WeightAveraging": ".weight_averaging",
     "EMAWeightAveraging": ".weight_averaging",
     "StochasticWeightAveraging": ".swa",
+    "BaseFinetuning": ".finetuning",
+    "BackboneFinetuning": ".finetuning",
+    "ModelPruning": ".pruning",
+    "DeviceStatsMonitor": ".device_stats_monitor",
+    "ThroughputMonitor": ".throughput_monitor",
+    "RichModelSummary": ".rich_model_summary",
+    "SpikeDetection": ".spike",
+    "TrainingSpikeException": ".spike",
 }
 
 __all__ = ["Callback", "Checkpoint", *_LAZY]

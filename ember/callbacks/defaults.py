@@ -23,7 +23,7 @@ def trainer_callbacks(callbacks: Any, config: Any) -> list[Callback]:
             out.append(Timer(duration=timedelta(seconds=config.max_time), interval="step"))
     _add_default(out, config.enable_progress_bar, is_progress_bar, "enable_progress_bar", "a progress bar callback",
                  lambda: _make("progress", "TQDMProgressBar"))
-    if config.enable_model_summary and not any(type(cb).__name__ == "ModelSummary" for cb in out):
+    if config.enable_model_summary and not any(is_model_summary(cb) for cb in out):  # RichModelSummary too
         out.append(_make("model_summary", "ModelSummary"))
     # Any checkpoint callback (ModelCheckpoint subclasses included) replaces the default one, as in Lightning.
     _add_default(out, config.enable_checkpointing, is_checkpoint, "enable_checkpointing", "a ModelCheckpoint callback",
@@ -56,6 +56,12 @@ def is_progress_bar(cb: Any) -> bool:
     from .progress import ProgressBar
 
     return isinstance(cb, ProgressBar)
+
+
+def is_model_summary(cb: Any) -> bool:
+    from .model_summary import ModelSummary
+
+    return isinstance(cb, ModelSummary)
 
 
 def is_early_stopping(cb: Any) -> bool:

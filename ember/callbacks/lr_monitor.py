@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .callback import Callback
+from .log_schedule import should_update_logs
 
 
 class LearningRateMonitor(Callback):
@@ -44,9 +45,7 @@ class LearningRateMonitor(Callback):
         self.last_weight_decay_values = {n + "-weight_decay": None for n in names}
 
     def on_train_batch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
-        n = trainer.log_every_n_steps
-        # Lightning's "should update logs": the step about to be taken is a logging step.
-        if not n or ((trainer.state.batches_that_stepped + 1) % n != 0 and not trainer.should_stop):
+        if not should_update_logs(trainer, after_step=False):  # the step about to be taken is a logging step
             return
         if self.logging_interval != "epoch":
             self._log(trainer, "step" if self.logging_interval is None else "any")

@@ -70,6 +70,12 @@ class Accelerator:
             return xla.device(self.device_ids[local_rank])  # the device object torch_xla hands out
         return torch.device(self.name, self.device_ids[local_rank])
 
+    def get_device_stats(self, device: torch.device) -> dict[str, Any]:
+        """What ``device`` reports about itself (Lightning's names); see ``ember.runtime.device_stats``."""
+        from .device_stats import device_stats
+
+        return device_stats(device)
+
     def describe(self) -> str:
         n = self.num_devices
         name = "tpu (xla)" if self.name == "xla" else self.name
