@@ -1,9 +1,7 @@
 """Callbacks shipped with ember. Submodules load on first use to keep ``import ember`` fast."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..lazy_exports import lazy_exports
 from .callback import Callback, Checkpoint
 
 _LAZY = {
@@ -36,8 +34,4 @@ _LAZY = {
 
 __all__ = ["Callback", "Checkpoint", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'ember.callbacks' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

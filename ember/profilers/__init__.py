@@ -9,9 +9,7 @@ load on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..lazy_exports import lazy_exports
 from .profiler import PassThroughProfiler, Profiler
 
 _LAZY = {
@@ -22,8 +20,4 @@ _LAZY = {
 
 __all__ = ["Profiler", "PassThroughProfiler", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'ember.profilers' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
