@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 
+_F32, _F64 = torch.float32, torch.float64  # read once per self.log call
+
 from .iterator_step import DataloaderIter
 
 _FOLD = 512
@@ -334,9 +336,13 @@ class MetricStore:
                     self.dataloader_idx)
         entry = self._fast.get(fast_key)
         if (entry is not None and type(value) is torch.Tensor and not enable_graph and value.ndim == 0
-                and (value.dtype is torch.float32 or value.dtype is torch.float64)):
-            value = value.detach()
-            if entry.on_epoch and batch_size is None:
+                and (value.dtype is _F32 or value.dtype is _F64)):
+            if value.requires_grad:
+                value = value.detach()  # without a graph, detach() would only make a second handle (~2k instr)
+            if entry.on_step and not entry.on_epoch:  # the training step's default: only the latest value is kept
+                entry.step_value, entry.has_reset, entry.epoch_value = value, False, None
+                return
+            if batch_size is None:
                 batch_size = 1
                 if entry.reduce == "mean":
                     batch = self.current_batch
