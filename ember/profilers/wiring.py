@@ -130,11 +130,10 @@ def profiled_table(trainer: Any, module: Any, callbacks: list[Any], profiler: Pr
                    ) -> dict[str, tuple[Callable[..., Any], ...]]:
     """``hooks.HookDispatcher``'s table while profiling: every listener of every event (Lightning calls them all,
     overridden or not), each timed under its action name."""
-    from ..hooks import LISTENERS, listeners_of
+    from ..hooks import listener_table
 
-    return {event: tuple(timed(profiler, owner, event, fn)
-                         for owner, fn in listeners_of(event, trainer, module, callbacks, every=True))
-            for event in LISTENERS}
+    return {event: tuple(timed(profiler, owner, event, fn) for owner, fn in pairs)
+            for event, pairs in listener_table(trainer, module, callbacks, every=True).items()}
 
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
