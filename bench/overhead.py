@@ -208,12 +208,12 @@ def make_module_classes(L):
     return Regressor, RegressorWithVal
 
 
-def run_framework(L, classes, net, train_loader, val_loader, sc):
+def run_framework(L, classes, net, train_loader, val_loader, sc, progress_bar=True):
     Regressor, RegressorWithVal = classes
     cls = RegressorWithVal if val_loader is not None else Regressor
     module = cls(net, sc["metrics"])
     kwargs = dict(max_epochs=sc["epochs"], accelerator="cpu", devices=1, logger=False,
-                  enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True)
+                  enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress_bar)
     if "profiler" in sc:
         kwargs["profiler"] = sc["profiler"]  # a fresh SimpleProfiler per Trainer for "simple"
     if val_loader is not None:
@@ -256,8 +256,8 @@ def load_frameworks(requested):
     return loaded, notes
 
 
-def one_run(fw, frameworks, sc):
-    """Build everything untimed, then time the run. Returns (wall s, process CPU s, checksum)."""
+def prepare_run(fw, frameworks, sc, progress_bar=True):
+    """Build everything the run needs (untimed). Returns (timed, net): the call to time and the trained net."""
     widths, batch = sc["widths"], sc["batch"]
     steps_per_epoch = sc["steps"] // sc["epochs"]
     train_loader = make_loader(make_data(widths, batch, steps_per_epoch, salt=0), batch)
@@ -273,7 +273,13 @@ def one_run(fw, frameworks, sc):
             run_hand(model, train_loader, val_loader, sc)
     else:
         L, classes = frameworks[fw]
-        timed = run_framework(L, classes, model, train_loader, val_loader, sc)
+        timed = run_framework(L, classes, model, train_loader, val_loader, sc, progress_bar)
+    return timed, net
+
+
+def one_run(fw, frameworks, sc):
+    """Build everything untimed, then time the run. Returns (wall s, process CPU s, checksum)."""
+    timed, net = prepare_run(fw, frameworks, sc)
     gc.collect()
     with C.quiet():
         c0, t0 = time.process_time(), time.perf_counter()
