@@ -103,7 +103,10 @@ class _Entry:
     def step_cache(self) -> Any:
         if self.is_metric_object:
             return getattr(self.step_value, "_forward_cache", None)
-        return self.step_value
+        value = self.step_value
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            value = self.step_value = value.detach()  # the fast path of log() stores the loss as given
+        return value
 
     def fold(self) -> None:
         if not self.pending:
@@ -337,11 +340,13 @@ class MetricStore:
         entry = self._fast.get(fast_key)
         if (entry is not None and type(value) is torch.Tensor and not enable_graph and value.ndim == 0
                 and (value.dtype is _F32 or value.dtype is _F64)):
-            if value.requires_grad:
-                value = value.detach()  # without a graph, detach() would only make a second handle (~2k instr)
             if entry.on_step and not entry.on_epoch:  # the training step's default: only the latest value is kept
+                # Kept as given: step_cache() detaches it when it is read, which most steps never are (the loop
+                # holds the step's graph until the next step anyway), and a detach costs ~2k instructions.
                 entry.step_value, entry.has_reset, entry.epoch_value = value, False, None
                 return
+            if value.requires_grad:
+                value = value.detach()
             if batch_size is None:
                 batch_size = 1
                 if entry.reduce == "mean":
@@ -476,6 +481,7 @@ class MetricStore:
         for key, e in self._by_stage.get("train", {}).items():
             if e.is_metric_object:
                 continue
+            e.step_cache()  # detaches a step value log() kept as given
             saved = {f: getattr(e, f) for f in self._ENTRY_FIELDS}
             saved["key"] = list(key)
             saved["pending_values"] = [v.detach() for v, _ in e.pending]

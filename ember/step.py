@@ -1,6 +1,7 @@
 """One training step: the user's ``training_step`` and, under automatic optimization, the optimizer step.
 
     automatic_step: training_step -> zero_grad -> backward -> (unscale, clip) -> optimizer step
+    plain_step:     the same, for an epoch where nothing hooks into the step
 
 Lightning's order, with gradient accumulation (the optimizer steps on the
 last batch of each window, zero_grad runs on the first). Precision owns
@@ -114,14 +115,19 @@ class EpochPlan:
         self.wants_outputs = hooks.reads_outputs("on_train_batch_end")
         # The module's own training_step on one device; under DDP it runs through the DDP wrapper.
         self.training_step = timed(profiler, strategy, "training_step", strategy.step_method(module, "training_step"))
-        self.run_step = timed(profiler, None, "run_training_batch",
-                              automatic_step if module.automatic_optimization else manual_step)
         # Trainer(microbatch_on_oom=True) swaps in the forward/backward that splits a batch on an OOM
         # (ember.microbatch); off, the plain one runs and nothing is checked per batch.
         self.forward_backward = _forward_backward
         if config.microbatch_on_oom and module.automatic_optimization:
             from .microbatch import MicrobatchedForwardBackward
             self.forward_backward = MicrobatchedForwardBackward(run, self)
+        # Nothing hooks into the step (no hook, precision context, clipping, closure or gradient sync): the
+        # common epoch takes plain_step, automatic_step's calls without its tests.
+        plain = (self.optimizer is not None and not self.closure and not self.autocast and not self.custom_zero_grad
+                 and not (self.before_zero_grad or self.before_backward or self.after_backward)
+                 and not self.sync_control and not self.before_step and self.forward_backward is _forward_backward)
+        self.run_step = timed(profiler, None, "run_training_batch", manual_step if not module.automatic_optimization
+                              else plain_step if plain else automatic_step)
         self.last_loss: Tensor | None = None
         if run.data.steps_on_iterator:  # training_step(self, dataloader_iter): the step pulls its batches
             from .iterator_step import adapt_plan
@@ -153,12 +159,41 @@ def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any
         state.optimizer_stepped()
         if plan.step_schedulers:
             step_schedulers(run, "step")
+    return _step_outputs(plan, out, loss)
+
+
+def plain_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:
+    """``automatic_step`` when nothing hooks into the step (``EpochPlan`` decides): the same calls in the same
+    order, without the ~100 bytecodes of tests for hooks, windows and precision that a plain epoch never needs."""
+    if plan.accumulate != 1:  # set mid-epoch (Run.configure): windows need the full step
+        return automatic_step(run, batch, batch_idx, plan)
+    out = plan.training_step(batch, batch_idx)
+    state = run.state
+    loss = out if type(out) is Tensor and out.requires_grad and out.ndim == 0 else loss_of(out, state)
+    if loss is not None:
+        if plan.check_finite and not isfinite(loss.item()):
+            _raise_non_finite(loss, state)
+        plan.zero_grad()
+        plan.backward(loss)
+        plan.step_optimizer()
+    else:
+        plan.zero_grad()  # a skipped step zeroes the gradients too (Lightning)
+        plan.optimizer_step(plan.optimizer, None, skipped=True)
+    state.accumulated = 0
+    state.optimizer_stepped()
+    if plan.step_schedulers:
+        step_schedulers(run, "step")
+    return _step_outputs(plan, out, loss)
+
+
+def _step_outputs(plan: EpochPlan, out: Any, loss: Tensor | None) -> Any:
+    """What on_train_batch_end receives: {} for a skipped step (Lightning), None when no hook reads it."""
     # Holding the loss until the next step keeps its (already backpropagated) graph, so autograd reuses the
     # parameters' gradient-accumulator nodes instead of building them again (a hand loop's `loss` local does
     # the same): ~9k instructions less per step of a tiny model.
     plan.last_loss = loss
     if loss is None:
-        return {}  # what Lightning hands to on_train_batch_end for a skipped step
+        return {}
     if not plan.wants_outputs:
         return None
     detached = loss.detach()

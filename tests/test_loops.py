@@ -160,3 +160,35 @@ def test_fit_refuses_a_sequential_combined_loader():
     loaders = CombinedLoader([DataLoader(_data(), batch_size=4)] * 2, "sequential")
     with pytest.raises(ValueError, match="mode='sequential'"):
         L.Trainer(max_epochs=1, **QUIET).fit(Net(), loaders)
+
+
+def test_the_plain_step_trains_exactly_like_the_full_step():
+    """An epoch where nothing hooks into the step takes step.plain_step; a no-op on_before_backward hook forces
+    automatic_step. Both must give bitwise the same weights, losses and step counts, a skipped step (None) too."""
+    from ember.step import automatic_step, plain_step
+
+    class SkipsOne(BoringLinear):
+        def training_step(self, batch, batch_idx):
+            return None if batch_idx == 3 else super().training_step(batch, batch_idx)
+
+    class Listens(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss):
+            pass
+
+    class RecordsStep(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            from ember.step import EpochPlan
+            self.step = EpochPlan(trainer.run_context).run_step
+
+    results = {}
+    for name, extra in (("plain", []), ("full", [Listens()])):
+        torch.manual_seed(0)
+        model, recorder = SkipsOne(), RecordsStep()
+        trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[recorder, *extra])
+        trainer.fit(model, DataLoader(sum_dataset(32), batch_size=4))
+        results[name] = ([p.detach().clone() for p in model.parameters()], trainer.global_step, recorder.step)
+    assert results["plain"][2] is plain_step and results["full"][2] is automatic_step
+    assert results["plain"][1] == results["full"][1] == 16  # 2 epochs x 8 batches, the skipped ones counted
+    for a, b in zip(results["plain"][0], results["full"][0]):
+        assert torch.equal(a, b)

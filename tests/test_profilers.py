@@ -228,13 +228,13 @@ def test_a_failing_run_stops_the_torch_profiler(tmp_path):
 
 
 def test_a_profiler_that_is_off_leaves_the_plain_callables_in_place(tmp_path):
-    from ember.step import EpochPlan, automatic_step, prepare_batch
+    from ember.step import EpochPlan, plain_step, prepare_batch
 
     trainer, model = _fit(tmp_path, None, epochs=1)
     run = trainer.run_context
     assert run.profiler is None
     plan = EpochPlan(run)
-    assert plan.training_step == model.training_step and plan.run_step is automatic_step
+    assert plan.training_step == model.training_step and plan.run_step is plain_step
     assert plan.prepare_batch is prepare_batch and plan.move_batches is False  # CPU: no batch transfer at all
     assert run.hooks.listeners("on_train_batch_start") == ()  # nobody overrides it: nothing is called per batch
 
