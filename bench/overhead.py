@@ -20,6 +20,11 @@ hit the terminal.  After every run the final parameters are compared bitwise.
     python bench/overhead.py --sizes tiny,small --rounds 3 --frameworks hand,lightning
     python bench/overhead.py --out bench/out/overhead.md
     python bench/overhead.py --sizes compiled --compile-backend aot_eager
+    python bench/overhead.py --sizes tiny --frameworks hand,ember --rounds 20 --abba
+
+--abba runs each round forth and back (hand, ember, lightning, lightning, ember, hand) and times each
+framework by the sum of its two runs, so a drift of the machine's speed within a round cancels out
+(it doubles the time a round takes).
 
 "tiny compiled" trains the tiny model compiled with torch.compile (inductor unless
 --compile-backend says otherwise): the hand loop and both LightningModules run the very
@@ -297,6 +302,7 @@ def parse_args(argv=None):
                    help="timed interleaved rounds (>= 1; 1 only checks that it runs, quote numbers from >= 3)")
     p.add_argument("--frameworks", default="hand,ember,lightning")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--abba", action="store_true", help="each round forth and back; a framework's time is the sum")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of 'tiny compiled'")
     p.add_argument("--out", "--markdown", dest="out", default=None, help="also write the markdown here")
     a = p.parse_args(argv)
@@ -338,7 +344,12 @@ def main(argv=None):
         ref = None
         active = list(fws)
         for rnd in range(args.rounds + 1):  # round 0 = untimed warm-up
-            for fw in list(active):
+            half = len(active)  # --abba: positions before this are the forth half
+            order = list(active) + (list(reversed(active)) if args.abba else [])
+            summed = {}  # --abba: fw -> (wall, cpu) of its first run this round
+            for pos, fw in enumerate(order):
+                if fw not in active:
+                    continue  # failed earlier in this round
                 try:
                     dt, ct, cs = one_run(fw, frameworks, sc)
                 except Exception:
@@ -352,6 +363,11 @@ def main(argv=None):
                 elif not torch.equal(cs, ref):
                     diff = (cs - ref).abs().max().item() if cs.shape == ref.shape else float("nan")
                     mismatches.append(f"{size}: {fw} (round {rnd}) differs from hand, max |diff| {diff:.3g}")
+                if args.abba and pos < half:
+                    summed[fw] = (dt, ct)
+                    continue
+                if args.abba:
+                    dt, ct = dt + summed[fw][0], ct + summed[fw][1]
                 if rnd > 0:
                     times[size][fw].append(dt)
                     cpu[size][fw].append(ct)
@@ -365,7 +381,9 @@ def main(argv=None):
         "ember": C.package_version("ember") if "ember" in frameworks else "not used",
         "lightning": C.package_version("lightning") if "lightning" in frameworks else "not used",
         "torch threads": torch.get_num_threads(),
-        "rounds": f"{args.rounds} timed (+1 untimed warm-up), interleaved {' → '.join(fws)}",
+        "rounds": f"{args.rounds} timed (+1 untimed warm-up), interleaved {' → '.join(fws)}"
+                  + (f" → {' → '.join(reversed(fws))} (--abba: a framework's time is the sum of its two runs)"
+                     if args.abba else ""),
         "output": "stdout/stderr → os.devnull during every timed run (progress bars still on)",
         "optimizer": f"SGD(lr={LR}, momentum={MOMENTUM}), MSE loss, seed {SEED}",
         "compiled": f"torch.compile(net, backend={COMPILE_BACKEND[0]!r}) in 'tiny compiled'",
