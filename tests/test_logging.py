@@ -147,27 +147,13 @@ def test_a_logged_loss_is_read_detached_and_equal_to_the_step_loss():
     metric state) gets it without its graph, and with the value the step returned."""
     seen = []
 
-    class Net(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
-            self.log("loss", loss, prog_bar=True)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     class Reads(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             logged = trainer.callback_metrics["loss"]
             seen.append((logged.requires_grad, logged.grad_fn, float(logged), float(outputs["loss"])))
 
-    trainer = L.Trainer(max_epochs=1, callbacks=[Reads()], **QUIET)
-    trainer.fit(Net(), _loader(16))
-    assert len(seen) == 4
+    trainer = _fit_logging(lambda self, loss, i: self.log("loss", loss, prog_bar=True), callbacks=[Reads()])
+    assert len(seen) == 2
     assert all(not grad and fn is None and value == step for grad, fn, value, step in seen)
     saved = trainer.metric_store.state_dict()["train_entries"]
     assert [e["step_value"].requires_grad for e in saved] == [False]
