@@ -4,10 +4,13 @@ Every scenario trains the same model (same init, seeded before construction) on 
 same data (TensorDataset + DataLoader, shuffle=False) with SGD(lr=0.01, momentum=0.9)
 and MSE loss, three ways, interleaved inside one process:
 
-    warm-up (untimed): hand, ember, lightning
-    round 1..N:        hand, ember, lightning
+    warm-up (untimed): hand (A/A), hand, ember, lightning
+    round 1..N:        hand (A/A), hand, ember, lightning
 
 The reported number is the median over rounds of the per-round ratio framework/hand.
+"hand (A/A)" is the same hand loop timed once more just before the hand run; the median of
+hand/hand (A/A) is what the same code "costs" over itself in this run, so its distance from 1
+and its per-round spread show how finely the run can resolve a ratio (--no-aa leaves it out).
 Timed region:
   * hand:       optimizer construction + the training loop (+ validation loop);
   * frameworks: Trainer construction + trainer.fit(...).
@@ -21,8 +24,10 @@ hit the terminal.  After every run the final parameters are compared bitwise.
     python bench/overhead.py --out bench/out/overhead.md
     python bench/overhead.py --sizes compiled --compile-backend aot_eager
     python bench/overhead.py --sizes tiny --frameworks hand,ember --rounds 20 --abba
+    python bench/overhead.py --sizes tiny --no-aa
 
---abba runs each round forth and back (hand, ember, lightning, lightning, ember, hand) and times each
+--abba runs each round forth and back (hand (A/A), hand, ember, lightning, lightning, ember, hand, hand (A/A))
+and times each
 framework by the sum of its two runs, so a drift of the machine's speed within a round cancels out
 (it doubles the time a round takes).
 
@@ -92,6 +97,7 @@ SIZE_ALIASES = {"val": "tiny+val", "tiny+val": "tiny+val", "metrics": "tiny+5 me
                 "tiny+compiled": "tiny compiled", "profiler": "tiny+profiler=None", "simple": "tiny+profiler=simple",
                 "loaders": "tiny+2 loaders", "tiny+2loaders": "tiny+2 loaders", "tiny+2 loaders": "tiny+2 loaders"}
 ALL_FRAMEWORKS = ("hand", "ember", "lightning")
+AA = "hand (A/A)"  # the hand loop again, timed just before "hand": the run's noise floor
 COMPILE_BACKEND = ["inductor"]  # --compile-backend
 
 
@@ -273,7 +279,7 @@ def prepare_run(fw, frameworks, sc, progress_bar=True):
     net = make_net(widths)
     # The compiled scenario hands everyone the same compiled module; the checksum reads net's own parameters.
     model = torch.compile(net, backend=COMPILE_BACKEND[0]) if sc.get("compile") else net
-    if fw == "hand":
+    if fw in ("hand", AA):
         def timed():
             run_hand(model, train_loader, val_loader, sc)
     else:
@@ -303,6 +309,8 @@ def parse_args(argv=None):
     p.add_argument("--frameworks", default="hand,ember,lightning")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--abba", action="store_true", help="each round forth and back; a framework's time is the sum")
+    p.add_argument("--no-aa", dest="aa", action="store_false",
+                   help="leave out the A/A control (the hand loop timed a second time each round)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of 'tiny compiled'")
     p.add_argument("--out", "--markdown", dest="out", default=None, help="also write the markdown here")
     a = p.parse_args(argv)
@@ -332,7 +340,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     frameworks, notes = load_frameworks(args.frameworks)
     silence_frameworks()  # after the imports: lightning sets its loggers' levels on import
-    fws = ["hand"] + [f for f in ("ember", "lightning") if f in frameworks]
+    fws = ([AA] if args.aa else []) + ["hand"] + [f for f in ("ember", "lightning") if f in frameworks]
     log = sys.stderr  # progress goes to the real stderr, outside the timed regions
 
     times = {s: {f: [] for f in fws} for s in args.sizes}
@@ -393,11 +401,11 @@ def main(argv=None):
     if notes:
         lines.append("")
 
-    def ratios(size, fw):
-        h, f = times[size]["hand"], times[size].get(fw, [])
+    def ratios(size, fw, ref="hand"):
+        h, f = times[size].get(ref, []), times[size].get(fw, [])
         if not f or len(f) != len(h):
             return None
-        return C.median([b / a for a, b in zip(h, f)])
+        return C.median([b / a for a, b in zip(h, f)]) if h else None
 
     rows = []
     for size in args.sizes:
@@ -410,12 +418,24 @@ def main(argv=None):
         else:
             verdict = "n/a" if re is None or sc["target"] is None else ("PASS" if re <= sc["target"] else "MISS")
         target = "none yet" if sc["target"] is None else f"≤ {sc['target']:.2f}"
-        rows.append([size, sc["steps"], fmt_ratio(re), target, verdict, fmt_ratio(rl)])
+        row = [size, sc["steps"], fmt_ratio(re), target, verdict, fmt_ratio(rl)]
+        if args.aa:
+            aa = [b / a for a, b in zip(times[size][AA], times[size]["hand"])]
+            row += [fmt_ratio(ratios(size, "hand", ref=AA)), f"{min(aa):.3f}–{max(aa):.3f}" if aa else "n/a"]
+        rows.append(row)
     lines.append("Median over rounds of the per-round wall-time ratio framework/hand "
                  "(Trainer construction + fit vs optimizer construction + loop):")
     lines.append("")
-    lines.append(C.md_table(["scenario", "steps", "ember/hand", "target", "ember", "lightning/hand"], rows))
+    headers = ["scenario", "steps", "ember/hand", "target", "ember", "lightning/hand"]
+    if args.aa:
+        headers += ["A/A: hand/hand", "A/A min–max"]
+    lines.append(C.md_table(headers, rows))
     lines.append("")
+    if args.aa:
+        lines.append("A/A is the same hand loop timed twice in a row in each round: on a quiet machine it reads "
+                     "1.000 with a narrow min–max. How far it strays is this run's resolution; an ember/hand "
+                     "ratio nearer its target than that is neither a pass nor a miss of this run.")
+        lines.append("")
 
     ctx_rows = []
     for size in args.sizes:
