@@ -43,6 +43,16 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def median_interval(values, level: float = 0.95, resamples: int = 2000) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median (seeded, so a report is reproducible from its data)."""
+    import random
+
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    cut = int((1 - level) / 2 * resamples)
+    return meds[cut], meds[resamples - 1 - cut]
+
+
 def md_table(headers, rows) -> str:
     """Render a list of rows (lists of str) as a markdown table with aligned columns."""
     cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]

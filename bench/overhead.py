@@ -451,6 +451,7 @@ def main(argv=None):
                 row.append("n/a")
         rr = [b / a for a, b in zip(times[size]["hand"], times[size].get("ember", []))]
         row.append(f"{min(rr):.3f}–{max(rr):.3f}" if rr else "n/a")
+        row.append("{:.3f}–{:.3f}".format(*C.median_interval(rr)) if len(rr) >= 3 else "n/a")
         # Ratio of best-of-N times, and median per-round ratio of process CPU time: both
         # less sensitive to other processes stealing the CPU than the wall-time median.
         for f in ("ember", "lightning"):
@@ -462,13 +463,15 @@ def main(argv=None):
                        if ok else "n/a")
         ctx_rows.append(row)
     lines.append("Context only (not targets): median absolute wall times in ms, the implied "
-                 "per-step overhead in µs, the spread of the per-round ember/hand ratio, and the "
+                 "per-step overhead in µs, the spread of the per-round ember/hand ratio, a bootstrap 95 % "
+                 "interval of its median, and the "
                  "ratios of the fastest runs (min/min) and the median per-round ratio of process CPU time "
                  "(both less sensitive to CPU contention from other processes):")
     lines.append("")
     lines.append(C.md_table(["scenario", "hand ms", "ember ms", "lightning ms", "ember µs/step",
-                             "lightning µs/step", "ember/hand min–max", "ember min/min",
-                             "lightning min/min", "ember CPU ratio", "lightning CPU ratio"], ctx_rows))
+                             "lightning µs/step", "ember/hand min–max", "ember/hand median, 95 % interval",
+                             "ember min/min", "lightning min/min", "ember CPU ratio", "lightning CPU ratio"],
+                            ctx_rows))
     lines.append("")
     if mismatches:
         lines.append("checksums: DIFFER")
