@@ -1,4 +1,5 @@
 """Lightning's names and behaviours that a program relies on after `import ember as L`."""
+import re
 import subprocess
 import sys
 
@@ -175,6 +176,61 @@ def test_progress_bar_redraws_at_most_about_ten_times_a_second(monkeypatch):
     assert 2 <= len(draws) <= elapsed * 10 + 2  # ~10 per second, plus the first and the last batch
     gaps = [b - a for a, b in zip(draws, draws[1:-1])]
     assert all(g >= 0.099 for g in gaps)
+
+
+class _CountedBars:
+    """Records every tqdm the progress bar builds: (desc, leave) and the count each one shows when closed."""
+
+    def __init__(self, monkeypatch):
+        from ember.callbacks.progress import TQDMProgressBar
+
+        self.built, self.shown_before_val = [], []
+        original = TQDMProgressBar._tqdm
+        bars = self
+
+        def counting(self, **kwargs):
+            if kwargs.get("desc") == "Validation" and self._bar is not None:
+                bars.shown_before_val.append(self._bar.n)  # what the training bar shows above the val bar
+            bar = original(self, **kwargs)
+            bars.built.append((kwargs.get("desc"), kwargs.get("leave")))
+            return bar
+
+        monkeypatch.setattr(TQDMProgressBar, "_tqdm", counting)
+
+
+class _WithValidation(Linear):
+    def __init__(self, sleep=0.0):
+        super().__init__()
+        self.sleep = sleep
+
+    def validation_step(self, batch, batch_idx):
+        import time
+
+        time.sleep(self.sleep)
+        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1]), prog_bar=True)
+
+
+def test_a_short_validation_builds_no_bar_and_the_epoch_end_shows_every_batch(monkeypatch, capsys):
+    bars = _CountedBars(monkeypatch)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(_WithValidation(), _loader(20), _loader(8))
+    assert bars.built == [("Epoch 0", True)]  # one training bar, reset each epoch; no validation bar
+    err = capsys.readouterr().err
+    last_line = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last_line.startswith("Epoch 2: 100%") and "10/10" in last_line and "val_loss=" in last_line
+
+
+def test_a_long_validation_gets_its_bar_with_the_training_count_drawn_above_it(monkeypatch, capsys):
+    bars = _CountedBars(monkeypatch)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(_WithValidation(sleep=0.03), _loader(20), _loader(16))  # 8 batches x 30 ms: past 0.1 s
+    assert bars.built == [("Epoch 0", True), ("Validation", False)]
+    assert bars.shown_before_val == [10]  # every training batch, drawn before the validation bar appears
+    err = capsys.readouterr().err
+    shown = [int(n) for n in re.findall(r"Validation: (\d+)it", err)]
+    assert shown and shown[0] >= 3 and shown == sorted(shown)  # first drawn once ~0.1 s of it had run
 
 
 def test_from_datasets_passes_init_arguments_and_builds_loaders_like_lightning():
