@@ -272,7 +272,8 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
         agreed = run.strategy.vote_on_stop(state.preempt_signal)
         if agreed:
             state.preempt_signal, state.should_stop = agreed, True
-    return (state.should_stop or state.global_step >= plan.step_cap or plan.timed) and stop_within_epoch(run)
+    # (max_time too: its Timer callback sets should_stop.)
+    return (state.should_stop or state.global_step >= plan.step_cap) and stop_within_epoch(run)
 
 
 def _warn_if_eval_mode(module: torch.nn.Module) -> None:

@@ -104,11 +104,12 @@ class LightningModule(HyperparametersMixin, nn.Module):
             add_dataloader_idx: bool = True, batch_size: int | None = None, metric_attribute: str | None = None,
             rank_zero_only: bool = False) -> None:
         """Record a metric; the Trainer decides when it reaches the logger and the progress bar."""
-        if self._trainer is None:
+        trainer = self._trainer
+        if trainer is None:
             return  # Lightning ignores log() outside a Trainer run as well
         # Positional: this runs once per metric per step, keyword passing would cost more than the rest.
-        self._trainer.metric_store.log(self, name, value, prog_bar, True if logger is None else logger, on_step,
-                                       on_epoch, reduce_fx, enable_graph, sync_dist, add_dataloader_idx, batch_size)
+        trainer.metric_store.log(self, name, value, prog_bar, True if logger is None else logger, on_step,
+                                 on_epoch, reduce_fx, enable_graph, sync_dist, add_dataloader_idx, batch_size)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():

@@ -67,7 +67,6 @@ class EpochPlan:
         self.log_every = config.log_every_n_steps if run.loggers else 0
         self.validate = run.validation and bool(run.data.val_loaders) and run.data.validation_epoch(run.state.current_epoch)
         self.step_cap = config.max_steps if config.max_steps != -1 else math.inf
-        self.timed = config.max_time is not None
         # Several processes vote after each batch, so a SIGTERM on any rank stops all of them together.
         self.vote_on_stop = strategy.votes_on_stop
         # ---- the step ----
