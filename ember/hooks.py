@@ -14,7 +14,6 @@ costs one dict lookup and an empty loop in the hot path.
 """
 from __future__ import annotations
 
-import re
 from functools import partial
 from typing import Any, Callable
 
@@ -63,17 +62,6 @@ ORDER: dict[str, tuple[str, ...]] = {
                                                                                           "predict")},
 }
 OUT_OF_ORDER = ("on_save_checkpoint", "on_load_checkpoint", "on_exception")
-
-
-def order_pattern(entry: str) -> re.Pattern[str]:
-    """A regular expression over ``"event;event;..."`` that the events of one ``entry`` point must match."""
-
-    def expand(name: str) -> str:
-        base, mark = (name[:-1], name[-1]) if name[-1] in "?*" else (name, "")
-        body = "".join(expand(n) for n in ORDER[base]) if base in ORDER else re.escape(base) + ";"
-        return f"(?:{body}){mark}"
-
-    return re.compile(expand(entry))
 
 
 def is_overridden(obj: Any, name: str, base: type) -> bool:

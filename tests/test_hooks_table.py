@@ -3,16 +3,28 @@ Callback and LightningModule stubs and a recorded run to that data (test_hook_or
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
 
 import ember as L
-from ember.hooks import LISTENERS, ORDER, OUT_OF_ORDER, order_pattern
+from ember.hooks import LISTENERS, ORDER, OUT_OF_ORDER
 from boring import BoringWithEval, sum_loader
 
 QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 _NOT_EVENTS = {"state_key", "state_dict", "load_state_dict"}
+
+
+def order_pattern(entry: str) -> re.Pattern[str]:
+    """A regular expression over ``"event;event;..."`` that the events of one ``entry`` point must match."""
+
+    def expand(name: str) -> str:
+        base, mark = (name[:-1], name[-1]) if name[-1] in "?*" else (name, "")
+        body = "".join(expand(n) for n in ORDER[base]) if base in ORDER else re.escape(base) + ";"
+        return f"(?:{body}){mark}"
+
+    return re.compile(expand(entry))
 
 
 def _callback_events() -> set[str]:
