@@ -72,6 +72,10 @@ def is_overridden(obj: Any, name: str, base: type) -> bool:
     return impl is not None and impl is not getattr(base, name, None)
 
 
+def _ember_own(owner: Any, event: str) -> bool:
+    return getattr(type(owner), event).__module__.startswith("ember.")  # not a subclass's override
+
+
 def _is_monitor(callback: Any) -> bool:
     # Checkpointing and early stopping read metrics the module logs at the end of an epoch, so they run
     # after the module there.
@@ -128,12 +132,20 @@ class HookDispatcher:
         listeners = listener_table(trainer, module, callbacks)
         self._owners = {event: [owner for owner, _ in pairs] for event, pairs in listeners.items()}
         self._table = {event: tuple(fn for _, fn in pairs) for event, pairs in listeners.items()}
-        if profiler is not None:  # every listener, each timed under Lightning's action name
-            self._table = profiled_table(trainer, module, callbacks, profiler)
+        self._paced = {event: tuple((fn, owner.batches_to_next_call) for owner, fn in pairs  # see Callback.paced_events
+                                    if event in getattr(owner, "paced_events", ()) and _ember_own(owner, event))
+                       for event, pairs in listeners.items()}
+        if profiler is not None:  # every listener after every batch, each timed under Lightning's action name
+            self._table, self._paced = profiled_table(trainer, module, callbacks, profiler), {}
 
     def listeners(self, event: str) -> tuple[Callable[..., Any], ...]:
         """The bound callables for ``event``; the hot loop fetches these once per epoch."""
         return self._table[event]
+
+    def batch_listeners(self, event: str) -> tuple[tuple[Callable[..., Any], ...], tuple[tuple[Callable, ...], ...]]:
+        """``event``'s listeners to call after every batch, and the paced ones as (listener, batches_to_next_call)."""
+        paced = self._paced.get(event, ())
+        return tuple(fn for fn in self._table[event] if all(fn is not p for p, _ in paced)), paced
 
     def reads_outputs(self, event: str) -> bool:
         """Whether a listener of ``event`` may read its ``outputs``.
@@ -141,8 +153,7 @@ class HookDispatcher:
         Only ember's own callbacks can say they never do (``ignores_batch_outputs``); a subclass that
         overrides the hook is taken to read them.
         """
-        return any(not (getattr(owner, "ignores_batch_outputs", False)
-                        and getattr(type(owner), event).__module__.startswith("ember."))
+        return any(not (getattr(owner, "ignores_batch_outputs", False) and _ember_own(owner, event))
                    for owner in self._owners[event])
 
     def call(self, event: str, *args: Any, **kwargs: Any) -> Any:

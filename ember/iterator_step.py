@@ -75,6 +75,7 @@ def adapt_plan(plan: Any, run: Any) -> None:
     plan.move_batches = False  # the step moves what it takes
     plan.on_batch_start = [_with_last_batch_start(fn) for fn in plan.on_batch_start]
     plan.on_batch_end = [_with_last_batch_end(fn) for fn in plan.on_batch_end]
+    plan.paced = [(_with_last_batch_end(fn), pace) for fn, pace in plan.paced]
     plan.run_step = _ending_on_exhaustion(plan.run_step)
 
 

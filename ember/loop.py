@@ -251,6 +251,8 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
             state.batches_that_stepped += 1
         for fn in plan.on_batch_end:
             fn(outputs, batch, batch_idx)
+        if batch_idx >= plan.paced_due:
+            plan.call_paced(outputs, batch, batch_idx)
     # Step metrics reach loggers every log_every_n_steps; callbacks and the bar read them on demand.
     if plan.log_every and start <= _PUBLISH and run.metrics.stepped and (
             state.batches_that_stepped % plan.log_every == 0 or state.should_stop):

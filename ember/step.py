@@ -62,7 +62,8 @@ class EpochPlan:
         profiler = run.profiler
         # ---- around the step (ember.loop) ----
         self.on_batch_start = hooks.listeners("on_train_batch_start")
-        self.on_batch_end = hooks.listeners("on_train_batch_end")
+        self.on_batch_end, self.paced = hooks.batch_listeners("on_train_batch_end")
+        self.paced_due = 0 if self.paced else math.inf  # the batch_idx at which the paced listeners are next called
         self.move_batches, self.prepare_batch = batch_mover(run)
         self.log_every = config.log_every_n_steps if run.loggers else 0
         self.validate = run.validation and bool(run.data.val_loaders) and run.data.validation_epoch(run.state.current_epoch)
@@ -132,6 +133,15 @@ class EpochPlan:
             from .iterator_step import adapt_plan
 
             adapt_plan(self, run)
+
+
+    def call_paced(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The paced batch-end listeners (a progress bar), due at this batch; each says when it wants the next call."""
+        wait = math.inf
+        for fn, batches_to_next_call in self.paced:
+            fn(outputs, batch, batch_idx)
+            wait = min(wait, batches_to_next_call())
+        self.paced_due = batch_idx + wait
 
 
 def automatic_step(run: Any, batch: Any, batch_idx: int, plan: EpochPlan) -> Any:

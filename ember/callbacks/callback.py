@@ -13,6 +13,10 @@ class Callback:
     # Callbacks whose on_*_batch_end never look at ``outputs`` (progress bars) set this, so the loop can skip
     # building them when nothing else listens.
     ignores_batch_outputs = False
+    # ember's own callbacks whose on_train_batch_end needs to run only now and then (the progress bar) list it here:
+    # the loop then calls it only when due, and asks ``batches_to_next_call()`` after each call how many batches may
+    # end before the next one. A subclass that overrides the hook is called after every batch again.
+    paced_events: tuple[str, ...] = ()
 
     @property
     def state_key(self) -> str:

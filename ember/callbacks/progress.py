@@ -50,6 +50,8 @@ class ProgressBar(Callback):
 class TQDMProgressBar(ProgressBar):
     """A tqdm bar per training epoch, plus a transient one for validation."""
 
+    paced_events = ("on_train_batch_end",)  # it only redraws ~10 times a second: no call after every batch
+
     def __init__(self, refresh_rate: int = 1, leave: bool = False, process_position: int = 0) -> None:
         super().__init__()
         self.refresh_rate = refresh_rate
@@ -60,7 +62,8 @@ class TQDMProgressBar(ProgressBar):
         self._val_bar: Any = None
         self._val_desc: str | None = None  # set while an evaluation runs
         self._next_draw = 0.0
-        self._pending = 0
+        self._last_call = (0.0, 0)  # (time, batches into the epoch) of the last on_train_batch_end
+        self._batches_to_next_call = 1
 
     def _tqdm(self, **kwargs: Any) -> Any:
         from tqdm.auto import tqdm  # imported on first use, not with ember
@@ -78,35 +81,49 @@ class TQDMProgressBar(ProgressBar):
         else:
             self._bar.set_description(desc, refresh=False)
             self._bar.reset(total=total)
-        self._pending = 0
         # tqdm has just drawn the new bar (its constructor and reset() both draw): no second draw on batch 0.
-        self._next_draw = time.monotonic() + self._min_interval
+        now = time.monotonic()
+        self._next_draw = now + self._min_interval
+        self._last_call, self._batches_to_next_call = (now, trainer.state.batches_seen_in_epoch), 1
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The epoch's last batch is not drawn here: on_train_epoch_end draws the final count right after it (and
         # a validation in between draws it when its own bar appears). In situ a draw costs ~0.4 ms, cache misses
         # of the steps after it included.
-        self._pending += 1
-        now = time.monotonic()
+        now, seen = time.monotonic(), trainer.state.batches_seen_in_epoch
         if now >= self._next_draw:
             self._draw(trainer, pl_module, now)
+        # The loop calls this hook only every few batches (paced_events): as many as should take until the next
+        # draw at the speed of the batches since the last call, at most twice as many as then plus one, so a
+        # wrong guess (a slow first batch, a change of pace) costs a few calls or a late draw, never a stalled bar.
+        then, seen_then = self._last_call
+        rate = (seen - seen_then) / (now - then) if now > then else 0.0
+        self._batches_to_next_call = max(1, min(int((self._next_draw - now) * rate), 2 * (seen - seen_then) + 1))
+        self._last_call = (now, seen)
+
+    def batches_to_next_call(self) -> int:
+        """How many batches may end before the loop calls ``on_train_batch_end`` again (see ``paced_events``)."""
+        return self._batches_to_next_call
 
     def _draw(self, trainer: Any, pl_module: Any, now: float) -> None:
         bar = self._bar
         if bar is None or bar.disable:
             return
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-        bar.update(self._pending)
-        self._pending = 0
+        self._show_trained(trainer.state.batches_seen_in_epoch)
         self._next_draw = now + self._min_interval
+
+    def _show_trained(self, batches: int) -> bool:
+        """Brings the training bar to ``batches`` (drawing it); False when it already showed that many."""
+        if batches <= self._bar.n:
+            return False
+        self._bar.update(batches - self._bar.n)
+        return True
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._bar is not None and not self._bar.disable:
             self._bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            if self._pending:
-                self._bar.update(self._pending)  # draws once, with the postfix above
-                self._pending = 0
-            else:
+            if not self._show_trained(trainer.state.batches_seen_in_epoch):  # draws once, with the postfix above
                 self._bar.refresh()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -119,6 +136,7 @@ class TQDMProgressBar(ProgressBar):
         # shown (leave=False would only erase it again), and a validation after every short epoch would otherwise
         # build and close a tqdm each time.
         self._val_desc = "Sanity Checking" if trainer.sanity_checking else desc
+        self._trained = trainer.state.batches_seen_in_epoch  # shown by the training bar above the evaluation's
         self._val_pending = 0
         self._val_next = time.monotonic() + self._min_interval
 
@@ -130,9 +148,8 @@ class TQDMProgressBar(ProgressBar):
         if now < self._val_next:
             return
         if self._val_bar is None:
-            if self._pending and self._bar is not None and not self._bar.disable:
-                self._bar.update(self._pending)  # the training bar above it shows every batch trained so far
-                self._pending = 0
+            if self._bar is not None and not self._bar.disable:
+                self._show_trained(self._trained)  # the training bar above it shows every batch trained so far
             # Built showing the batches run so far (tqdm draws it once, on construction).
             self._val_bar = self._tqdm(desc=self._val_desc, leave=False, total=None, unit="it", initial=self._val_pending)
         else:
