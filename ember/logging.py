@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-_F32, _F64 = torch.float32, torch.float64  # read once per self.log call
+_Tensor, _F32, _F64 = torch.Tensor, torch.float32, torch.float64  # read once per self.log call
 
 from .iterator_step import DataloaderIter
 
@@ -82,6 +82,11 @@ class _Entry:
     weight: float = 0.0
     epoch_value: Any = None  # computed epoch value, cached until the next update
     has_reset: bool = False  # reset at the end of its epoch; hidden until logged again
+
+    def __post_init__(self) -> None:
+        # Logged on step only, so its latest value is all there is (the training step's default): the fast path
+        # of MetricStore.log only swaps it.
+        self.step_only = self.on_step and not self.on_epoch and not self.is_metric_object
 
     def settings(self) -> tuple:
         return (self.on_step, self.on_epoch, self.reduce, self.prog_bar, self.logger)
@@ -281,7 +286,7 @@ class MetricStore:
         self._pbar.update(pbar)
 
     # ---- where the loop is ----------------------------------------------------------
-    def enter(self, stage: str | None, phase: str = "epoch") -> None:
+    def enter(self, stage: str | None, phase: str = "epoch", dataloader_idx: int | None = None) -> None:
         """Move to ``stage``/``phase``; leaving a batch loop, the views take its last step values.
 
         (Lightning refreshes the views after every batch; doing it once when the loop is left gives
@@ -292,12 +297,11 @@ class MetricStore:
             self.refresh()
         self.stage = stage
         self.phase = phase
-        self._fast = {}  # entries are per stage and phase
+        self.dataloader_idx = dataloader_idx  # the eval loader running, when there are several
+        self._fast = {}  # entries are per stage, phase and loader
         if stage is not None:
             self.entries = self._by_stage.setdefault(stage, {})
             self.stepped = [e for e in self.entries.values() if e.on_step]
-        if phase != "batch":
-            self.dataloader_idx = None
 
     def begin(self, stage: str, step_defaults: bool, fresh: bool = True) -> None:
         """Older entry point: enter ``stage``; ``fresh`` also restarts what it accumulated."""
@@ -307,6 +311,7 @@ class MetricStore:
 
     def reset_stage(self, stage: str) -> None:
         """End of an epoch or evaluation run: accumulators restart, entries hide until logged again."""
+        self._fast = {}  # the next log of each entry goes the full way, which shows it again
         for entry in self._by_stage.get(stage, {}).values():
             entry.reset()
 
@@ -330,20 +335,20 @@ class MetricStore:
         self._pbar.clear()
 
     # ---- called from LightningModule.log --------------------------------------------
-    def log(self, module: Any, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None,
+    def log(self, module: Any, name: str, value: Any, prog_bar: bool, logger: bool | None, on_step: bool | None,
             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, sync_dist: bool, add_dataloader_idx: bool,
             batch_size: int | None) -> None:
-        # Fast path: the same call as before at the same place (the common case, once per step per metric)
-        # skips the checks and key building below; only the value is looked at.
-        fast_key = (name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx,
-                    self.dataloader_idx)
+        # Fast path: the same call as before in this stage, phase and loader (the common case, once per step per
+        # metric) skips the checks and key building below; only the value is looked at. (_fast is emptied
+        # whenever those change and when entries are reset, so an entry found here is shown and up to date.)
+        fast_key = (name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx)
         entry = self._fast.get(fast_key)
-        if (entry is not None and type(value) is torch.Tensor and not enable_graph and value.ndim == 0
+        if (entry is not None and type(value) is _Tensor and not enable_graph and value.ndim == 0
                 and (value.dtype is _F32 or value.dtype is _F64)):
-            if entry.on_step and not entry.on_epoch:  # the training step's default: only the latest value is kept
+            if entry.step_only:
                 # Kept as given: step_cache() detaches it when it is read, which most steps never are (the loop
                 # holds the step's graph until the next step anyway), and a detach costs ~2k instructions.
-                entry.step_value, entry.has_reset, entry.epoch_value = value, False, None
+                entry.step_value = value
                 return
             if value.requires_grad:
                 value = value.detach()
@@ -360,16 +365,16 @@ class MetricStore:
         self._log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist,
                   add_dataloader_idx, batch_size, fast_key)
 
-    def _log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
-             reduce_fx: Any, enable_graph: bool, sync_dist: bool, add_dataloader_idx: bool, batch_size: int | None,
-             fast_key: tuple) -> None:
+    def _log(self, name: str, value: Any, prog_bar: bool, logger: bool | None, on_step: bool | None,
+             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, sync_dist: bool, add_dataloader_idx: bool,
+             batch_size: int | None, fast_key: tuple) -> None:
         if self.logging_off:
             import warnings
 
             warnings.warn(f"self.log({name!r}, ...) is ignored: Trainer(barebones=True) switches logging off.",
                           UserWarning, stacklevel=4)
             return
-        stage = self.stage
+        stage, logger = self.stage, True if logger is None else logger
         if stage == "predict":
             raise RuntimeError(f"self.log({name!r}, ...) is not supported during predict; return values from "
                                "predict_step instead.")

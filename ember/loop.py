@@ -335,8 +335,7 @@ def _evaluate(run: Run, stage: str, loaders: list[Any], limits: list[int | None]
     counting = not state.sanity_checking
     fetch = f"[_EvaluationLoop].{'test' if stage == 'test' else 'val'}_next"  # Lightning's action name
     for dl_idx, loader in enumerate(loaders):
-        metrics.enter(stage, "batch")
-        metrics.dataloader_idx = dl_idx if multi else None
+        metrics.enter(stage, "batch", dl_idx if multi else None)
         extra = (dl_idx,) if multi else ()
         for batch_idx, batch in _batches(run, fetch, loader, limits[dl_idx]):
             if move:

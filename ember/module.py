@@ -108,8 +108,8 @@ class LightningModule(HyperparametersMixin, nn.Module):
         if trainer is None:
             return  # Lightning ignores log() outside a Trainer run as well
         # Positional: this runs once per metric per step, keyword passing would cost more than the rest.
-        trainer.metric_store.log(self, name, value, prog_bar, True if logger is None else logger, on_step,
-                                 on_epoch, reduce_fx, enable_graph, sync_dist, add_dataloader_idx, batch_size)
+        trainer.metric_store.log(self, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph,
+                                 sync_dist, add_dataloader_idx, batch_size)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():
