@@ -178,6 +178,50 @@ def test_progress_bar_redraws_at_most_about_ten_times_a_second(monkeypatch):
     assert all(g >= 0.099 for g in gaps)
 
 
+def test_the_progress_bar_hears_few_batch_ends_yet_shows_every_batch(monkeypatch, capsys):
+    """The bar's on_train_batch_end is paced (Callback.paced_events): on fast batches the loop calls it a few
+    times per redraw, not after every batch; the count it shows at each epoch's end is still every batch."""
+    from ember.callbacks.progress import TQDMProgressBar
+
+    calls = []
+    original = TQDMProgressBar.on_train_batch_end
+
+    def counting(self, trainer, pl_module, outputs, batch, batch_idx):
+        calls.append(batch_idx)
+        return original(self, trainer, pl_module, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", counting)
+    monkeypatch.setattr(counting, "__module__", "ember.callbacks.progress")  # still ember's own hook
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(Linear(), _loader(n=2000, batch_size=1))  # 2 x 2,000 batches in well under a second each
+    # Called on the first batch; then each wait is at most twice the span since the previous call, plus one.
+    assert calls[:3] == [0, 3, 10]
+    assert 10 <= len(calls) < 400, len(calls)
+    assert calls == sorted(calls[:calls.index(0, 1)]) + sorted(calls[calls.index(0, 1):])  # restarts each epoch
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("Epoch")]
+    assert any("Epoch 0: 100%" in line and "2000/2000" in line for line in lines)
+    assert "Epoch 1: 100%" in lines[-1] and "2000/2000" in lines[-1] and "train_loss=" in lines[-1]
+
+
+def test_a_progress_bar_subclass_that_overrides_the_batch_end_hears_every_batch():
+    from ember.callbacks.progress import TQDMProgressBar
+
+    class Counting(TQDMProgressBar):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen.append(batch_idx)
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    bar = Counting()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[bar])
+    trainer.fit(Linear(), _loader(n=600, batch_size=1))
+    assert bar.seen == list(range(600))
+
+
 class _CountedBars:
     """Records every tqdm the progress bar builds: (desc, leave) and the count each one shows when closed."""
 

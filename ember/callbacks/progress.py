@@ -68,7 +68,9 @@ class TQDMProgressBar(ProgressBar):
     def _tqdm(self, **kwargs: Any) -> Any:
         from tqdm.auto import tqdm  # imported on first use, not with ember
 
-        return tqdm(file=sys.stderr, dynamic_ncols=True, position=self.process_position, mininterval=0,
+        # It draws whenever it is updated: the bar decides when (tqdm's own dynamic miniters would skip the update
+        # that brings an epoch to 100 %).
+        return tqdm(file=sys.stderr, dynamic_ncols=True, position=self.process_position, mininterval=0, miniters=1,
                     disable=not self._enabled or self.refresh_rate == 0, **kwargs)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
