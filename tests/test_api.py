@@ -180,27 +180,36 @@ def test_progress_bar_redraws_at_most_about_ten_times_a_second(monkeypatch):
 
 def test_the_progress_bar_hears_few_batch_ends_yet_shows_every_batch(monkeypatch, capsys):
     """The bar's on_train_batch_end is paced (Callback.paced_events): on fast batches the loop calls it a few
-    times per redraw, not after every batch; the count it shows at each epoch's end is still every batch."""
+    times per redraw, not after every batch. Every draw shows the count trained so far, and the last one, when
+    training ends, the whole of the last epoch."""
     from ember.callbacks.progress import TQDMProgressBar
 
-    calls = []
-    original = TQDMProgressBar.on_train_batch_end
+    calls, drawn = [], []
+    original_hook, original_draw = TQDMProgressBar.on_train_batch_end, TQDMProgressBar._draw
 
     def counting(self, trainer, pl_module, outputs, batch, batch_idx):
         calls.append(batch_idx)
-        return original(self, trainer, pl_module, outputs, batch, batch_idx)
+        return original_hook(self, trainer, pl_module, outputs, batch, batch_idx)
+
+    def drawing(self, trainer, pl_module, now):
+        drawn.append((int(self._bar.desc.split()[1].rstrip(":")), trainer.state.batches_seen_in_epoch))
+        return original_draw(self, trainer, pl_module, now)
 
     monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", counting)
     monkeypatch.setattr(counting, "__module__", "ember.callbacks.progress")  # still ember's own hook
+    monkeypatch.setattr(TQDMProgressBar, "_draw", drawing)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(Linear(), _loader(n=2000, batch_size=1))  # 2 x 2,000 batches in well under a second each
     # Called on the first batch; then each wait is at most twice the span since the previous call, plus one.
     assert calls[:3] == [0, 3, 10]
     assert 10 <= len(calls) < 400, len(calls)
     assert calls == sorted(calls[:calls.index(0, 1)]) + sorted(calls[calls.index(0, 1):])  # restarts each epoch
-    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("Epoch")]
-    assert any("Epoch 0: 100%" in line and "2000/2000" in line for line in lines)
-    assert "Epoch 1: 100%" in lines[-1] and "2000/2000" in lines[-1] and "train_loss=" in lines[-1]
+    text = capsys.readouterr().err.replace("\r", "\n")
+    shown = {(int(e), int(n)) for e, n in re.findall(r"Epoch (\d+):.*?(\d+)/2000", text)}
+    assert len(drawn) >= 2 and set(drawn) <= shown  # each draw printed the count it was asked to show
+    assert drawn[-1] == (1, 2000)
+    last = [line for line in text.splitlines() if line.startswith("Epoch")][-1]
+    assert "Epoch 1: 100%" in last and "2000/2000" in last and "train_loss=" in last
 
 
 def test_a_progress_bar_subclass_that_overrides_the_batch_end_hears_every_batch():

@@ -47,8 +47,31 @@ class ProgressBar(Callback):
         return items
 
 
+_QUIET_TQDM: Any = None
+
+
+def _quiet_tqdm() -> Any:
+    """tqdm (the notebook one in Jupyter), able to change without drawing: tqdm is imported on first use."""
+    global _QUIET_TQDM
+    if _QUIET_TQDM is None:
+        from tqdm.auto import tqdm
+
+        class QuietTqdm(tqdm):
+            hold = False  # set while the bar changes without a draw (tqdm's reset() always draws)
+
+            def display(self, *args: Any, **kwargs: Any) -> Any:
+                return None if self.hold else super().display(*args, **kwargs)
+
+        _QUIET_TQDM = QuietTqdm
+    return _QUIET_TQDM
+
+
 class TQDMProgressBar(ProgressBar):
-    """A tqdm bar per training epoch, plus a transient one for validation."""
+    """A tqdm bar per training epoch, plus a transient one for validation.
+
+    It draws at most once per ``0.1`` s, at the epochs' starts and ends too (short epochs would otherwise cost two
+    draws each, ~0.3 ms), and once more when training ends, so the last epoch's count and metrics are shown.
+    """
 
     paced_events = ("on_train_batch_end",)  # it only redraws ~10 times a second: no call after every batch
 
@@ -62,30 +85,32 @@ class TQDMProgressBar(ProgressBar):
         self._val_bar: Any = None
         self._val_desc: str | None = None  # set while an evaluation runs
         self._next_draw = 0.0
+        self._stale = False  # something changed since the last draw
         self._last_call = (0.0, 0)  # (time, batches into the epoch) of the last on_train_batch_end
         self._batches_to_next_call = 1
 
     def _tqdm(self, **kwargs: Any) -> Any:
-        from tqdm.auto import tqdm  # imported on first use, not with ember
-
         # It draws whenever it is updated: the bar decides when (tqdm's own dynamic miniters would skip the update
         # that brings an epoch to 100 %).
-        return tqdm(file=sys.stderr, dynamic_ncols=True, position=self.process_position, mininterval=0, miniters=1,
+        return _quiet_tqdm()(file=sys.stderr, dynamic_ncols=True, position=self.process_position, mininterval=0, miniters=1,
                     disable=not self._enabled or self.refresh_rate == 0, **kwargs)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         total = trainer.num_training_batches
         total = None if total == float("inf") else total
         desc = f"Epoch {trainer.current_epoch}"
-        # Each redraw costs ~0.1 ms; on short epochs they add up, so draw once per epoch start.
+        now = time.monotonic()
         if self._bar is None:
-            self._bar = self._tqdm(total=total, leave=True, unit="it", desc=desc)
+            self._bar = self._tqdm(total=total, leave=True, unit="it", desc=desc)  # drawn by tqdm
+            self._next_draw = now + self._min_interval
         else:
             self._bar.set_description(desc, refresh=False)
+            # reset() draws; an epoch that starts within a redraw interval of the last draw waits for the next one.
+            self._bar.hold = self._stale = now < self._next_draw
             self._bar.reset(total=total)
-        # tqdm has just drawn the new bar (its constructor and reset() both draw): no second draw on batch 0.
-        now = time.monotonic()
-        self._next_draw = now + self._min_interval
+            self._bar.hold = False
+            if not self._stale:
+                self._next_draw = now + self._min_interval
         self._last_call, self._batches_to_next_call = (now, trainer.state.batches_seen_in_epoch), 1
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -95,6 +120,8 @@ class TQDMProgressBar(ProgressBar):
         now, seen = time.monotonic(), trainer.state.batches_seen_in_epoch
         if now >= self._next_draw:
             self._draw(trainer, pl_module, now)
+        else:
+            self._stale = True
         # The loop calls this hook only every few batches (paced_events): as many as should take until the next
         # draw at the speed of the batches since the last call, at most twice as many as then plus one, so a
         # wrong guess (a slow first batch, a change of pace) costs a few calls or a late draw, never a stalled bar.
@@ -112,8 +139,9 @@ class TQDMProgressBar(ProgressBar):
         if bar is None or bar.disable:
             return
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-        self._show_trained(trainer.state.batches_seen_in_epoch)
-        self._next_draw = now + self._min_interval
+        if not self._show_trained(trainer.state.batches_seen_in_epoch):
+            bar.refresh()
+        self._next_draw, self._stale = now + self._min_interval, False
 
     def _show_trained(self, batches: int) -> bool:
         """Brings the training bar to ``batches`` (drawing it); False when it already showed that many."""
@@ -123,13 +151,16 @@ class TQDMProgressBar(ProgressBar):
         return True
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._bar is not None and not self._bar.disable:
-            self._bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            if not self._show_trained(trainer.state.batches_seen_in_epoch):  # draws once, with the postfix above
-                self._bar.refresh()
+        now = time.monotonic()
+        if now >= self._next_draw:
+            self._draw(trainer, pl_module, now)
+        else:
+            self._stale = True
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self._bar is not None:
+            if self._stale:
+                self._draw(trainer, pl_module, time.monotonic())  # the last epoch's count and metrics
             self._bar.close()
             self._bar = None
 
@@ -173,10 +204,7 @@ class TQDMProgressBar(ProgressBar):
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self._eval_end()
-        if self._bar is not None and not self._bar.disable:
-            # Shown by the next draw: the next batch's, or the epoch end's when validation ends the epoch.
-            self._bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            self._next_draw = 0.0
+        self._stale = True  # what it logged is shown by the next draw, or when training ends
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self._eval_start(trainer, "Testing")
