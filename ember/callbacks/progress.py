@@ -159,8 +159,10 @@ class TQDMProgressBar(ProgressBar):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self._bar is not None:
-            if self._stale:
-                self._draw(trainer, pl_module, time.monotonic())  # the last epoch's count and metrics
+            if self._stale:  # the last epoch's count and metrics, drawn by close() (a kept bar's last draw)
+                self._bar.hold = True
+                self._draw(trainer, pl_module, time.monotonic())
+                self._bar.hold = False
             self._bar.close()
             self._bar = None
 
