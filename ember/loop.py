@@ -238,10 +238,9 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
                  start: int = _HOOKS, last: int = _STOP_CHECK) -> bool:
     """The rest of a training batch once its step has run, phase by phase; True ends the epoch.
 
-    A straight run goes through every phase. A mid-epoch resume starts at the phase its checkpoint
-    recorded (``state.BatchPhase``); a loader without len, whose end is only known once it ran out,
-    runs the validation phases after its last batch. (Each phase tests the per-epoch plan first: the
-    common batch, with nothing due, costs a few attribute reads.)
+    A mid-epoch resume starts at the phase its checkpoint recorded (``state.BatchPhase``); a loader without
+    len, whose end is only known once it ran out, runs the validation phases after its last batch. A batch
+    with nothing to publish, validate or vote on (``EpochPlan.later_phases``) goes from its hooks to the stop rules.
     """
     state = run.state
     if start == _HOOKS:
@@ -253,27 +252,28 @@ def end_of_batch(run: Run, plan: EpochPlan, outputs: Any, batch: Any, batch_idx:
             fn(outputs, batch, batch_idx)
         if batch_idx >= plan.paced_due:
             plan.call_paced(outputs, batch, batch_idx)
-    # Step metrics reach loggers every log_every_n_steps; callbacks and the bar read them on demand.
-    if plan.log_every and start <= _PUBLISH and run.metrics.stepped and (
-            state.batches_that_stepped % plan.log_every == 0 or state.should_stop):
-        publish_step_metrics(run)
-    # Validation (at val_check_interval, at the end of the epoch, or because of a stop) comes after
-    # on_train_batch_end, as part of the batch, as in Lightning.
-    if plan.validate and start <= _VALIDATION <= last and validate_now(run, batch_idx):
-        if not state.accumulated:
-            timed(run.profiler, run.module, "on_validation_model_zero_grad")()  # unless a window is open
-        run_evaluation(run, "validate", None)
-        run.metrics.enter("train", "batch")
-    elif start == _AFTER_VALIDATION:
-        run.metrics.enter("train", "batch")
-    if plan.plateau_step and start <= _AFTER_VALIDATION <= last and not state.accumulated:
-        step_schedulers(run, "step", plateau=True)
-    if last != _STOP_CHECK:
-        return False
-    if plan.vote_on_stop:  # distributed only: every rank stops after the same batch
-        agreed = run.strategy.vote_on_stop(state.preempt_signal)
-        if agreed:
-            state.preempt_signal, state.should_stop = agreed, True
+    if start != _HOOKS or plan.later_phases:
+        # Step metrics reach loggers every log_every_n_steps; callbacks and the bar read them on demand.
+        if plan.log_every and start <= _PUBLISH and run.metrics.stepped and (
+                state.batches_that_stepped % plan.log_every == 0 or state.should_stop):
+            publish_step_metrics(run)
+        # Validation (at val_check_interval, at the end of the epoch, or because of a stop) comes after
+        # on_train_batch_end, as part of the batch, as in Lightning.
+        if plan.validate and start <= _VALIDATION <= last and validate_now(run, batch_idx):
+            if not state.accumulated:
+                timed(run.profiler, run.module, "on_validation_model_zero_grad")()  # unless a window is open
+            run_evaluation(run, "validate", None)
+            run.metrics.enter("train", "batch")
+        elif start == _AFTER_VALIDATION:
+            run.metrics.enter("train", "batch")
+        if plan.plateau_step and start <= _AFTER_VALIDATION <= last and not state.accumulated:
+            step_schedulers(run, "step", plateau=True)
+        if last != _STOP_CHECK:
+            return False
+        if plan.vote_on_stop:  # distributed only: every rank stops after the same batch
+            agreed = run.strategy.vote_on_stop(state.preempt_signal)
+            if agreed:
+                state.preempt_signal, state.should_stop = agreed, True
     # (max_time too: its Timer callback sets should_stop.)
     return (state.should_stop or state.global_step >= plan.step_cap) and stop_within_epoch(run)
 

@@ -62,7 +62,7 @@ class EpochPlan:
         # read by every batch (plain_step, end_of_batch)
         "accumulate", "training_step", "check_finite", "zero_grad", "backward", "step_optimizer", "step_schedulers",
         "last_loss", "wants_outputs", "on_batch_end", "paced_due", "log_every", "validate", "plateau_step",
-        "vote_on_stop", "step_cap",
+        "vote_on_stop", "step_cap", "later_phases",
         # the rest
         "on_batch_start", "paced", "move_batches", "prepare_batch", "epoch_schedulers", "optimizer", "clip_val",
         "clip_algorithm", "before_zero_grad", "before_backward", "after_backward", "before_optimizer_step", "autocast",
@@ -124,6 +124,8 @@ class EpochPlan:
         self.step_schedulers = any(c.interval == "step" and not c.reduce_on_plateau for c in configs)
         self.epoch_schedulers = any(c.interval == "epoch" and not c.reduce_on_plateau for c in configs)
         self.plateau_step = any(c.interval == "step" and c.reduce_on_plateau for c in configs)
+        # Whether a batch has anything to do after its hooks but the stop rules (see loop.end_of_batch).
+        self.later_phases = bool(self.log_every or self.validate or self.plateau_step or self.vote_on_stop)
         self.check_finite = config.check_finite_loss
         # Detaching the loss and building the outputs dict costs ~0.5 us; skip it when no hook reads it.
         self.wants_outputs = hooks.reads_outputs("on_train_batch_end")
