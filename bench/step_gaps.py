@@ -10,20 +10,24 @@ its finite-loss check and its end-of-batch bookkeeping). Nothing in ember is edi
 
     python bench/step_gaps.py                         # small, 30 rounds
     python bench/step_gaps.py --size tiny --rounds 50 --out bench/out/step_gaps.md
+    python bench/step_gaps.py --rounds 150 --frameworks hand,ember,hand+hot,hand+scattered,hand+finite
+
+The hand loops with known work added after each step (bench/python_cost.py's ``hand+hot``, ``hand+scattered``
+and ``hand+finite``) calibrate the split: they show what a given amount of extra Python does to torch's calls.
 
 Reading it:
-- A row is microseconds per training step, the median over rounds; "ember - hand" is the median of the
+- A row is microseconds per training step, the median over rounds; "X - hand" is the median of the
   per-round differences, with its bootstrap interval. The rows of torch's calls run the same kernels on the
-  same data; where they read above 0, the framework's code between the calls made them slower.
+  same data; where they read above 0, the code between the calls made them slower (compare the hand+ rows).
 - The wrappers cost every framework the same (about 0.5 µs per timed call, measured warm), so they cancel in the
   difference but inflate the gaps of both.
 - "start → fetch" holds what runs before the first batch (a framework's set-up, spread over the steps);
   "end" what runs after the last timed call (the end of fit, the progress bar's last draw).
-- When the previous step's autograd graph is freed differs: the hand loop frees it when ``pred`` and
-  ``loss`` are rebound (inside "forward" and "loss"), ember when its step ends (the gap after "step").
-  Compare the sum of those rows, not each one.
+- When the previous step's autograd graph is freed differs: the hand loop frees it when ``loss`` is
+  rebound (the gap after "loss"), ember when its step ends (the gap after "step"). Compare the sum of
+  those rows, not each one.
 - Lightning steps its optimizers through a closure that runs the forward and backward inside
-  ``SGD.step``, so its calls nest and its split would mislead: only its total and ratio are shown.
+  ``SGD.step``, so its calls nest and its split would mislead: only its ratio is shown.
 """
 
 from __future__ import annotations
@@ -79,8 +83,23 @@ def install_timers() -> None:
     _timed_call(torch.optim.SGD, "step", "step")
 
 
+HAND_VARIANTS = ("hand+finite", "hand+hot", "hand+scattered")  # bench/python_cost.py's, with its defaults
+SPLIT = ("ember",) + HAND_VARIANTS  # runners whose calls do not nest (Lightning's do), so their split is shown
+_scattered: list = []  # hand+scattered's objects, allocated once
+
+
+def prepare(fw: str, frameworks: dict, sc: dict):
+    if fw in HAND_VARIANTS:
+        import python_cost as PC
+
+        if fw == "hand+scattered" and not _scattered:
+            _scattered.append(PC.scattered_objects(300))
+        return PC.hand_variant(fw, sc, 20, _scattered[0][0] if _scattered else [])[0]
+    return O.prepare_run(fw, frameworks, sc)[0]
+
+
 def one_run(fw: str, frameworks: dict, sc: dict) -> tuple[int, dict[str, int]]:
-    timed, _ = O.prepare_run(fw, frameworks, sc)
+    timed = prepare(fw, frameworks, sc)
     gc.collect()
     _totals.clear()
     with C.quiet():
@@ -105,23 +124,25 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="small", help="a bench/overhead.py scenario: " + ", ".join(O.SCENARIOS))
     p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--frameworks", default="hand,ember,lightning", help="hand and ember at least")
+    p.add_argument("--frameworks", default="hand,ember,lightning",
+                   help="hand and at least one of ember, lightning and bench/python_cost.py's " + ", ".join(HAND_VARIANTS))
     p.add_argument("--out", default=None, help="also write the markdown here")
     args = p.parse_args(argv)
     size = O.SIZE_ALIASES.get(args.size, args.size)
     if size not in O.SCENARIOS or O.SCENARIOS[size].get("compile") or O.SCENARIOS[size].get("loaders", 1) != 1:
         p.error(f"--size must be a scenario with one loader and no torch.compile; got {args.size!r}")
     fws = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-    if not {"hand", "ember"} <= set(fws) or not set(fws) <= set(O.ALL_FRAMEWORKS):
-        p.error(f"--frameworks must include hand and ember, from {O.ALL_FRAMEWORKS}; got {args.frameworks!r}")
+    allowed = O.ALL_FRAMEWORKS + HAND_VARIANTS
+    if "hand" not in fws or len(fws) < 2 or not set(fws) <= set(allowed):
+        p.error(f"--frameworks must include hand and another of {allowed}; got {args.frameworks!r}")
     if args.rounds < 3:
         p.error(f"--rounds must be at least 3 to take a median; got {args.rounds}")
 
     torch.set_num_threads(1)
-    frameworks, notes = O.load_frameworks(fws)
+    frameworks, notes = O.load_frameworks([f for f in fws if f in O.ALL_FRAMEWORKS])
     if notes:
         print("; ".join(notes), file=sys.stderr)
-        fws = ["hand"] + [f for f in fws if f in frameworks]
+        fws = [f for f in fws if f in frameworks or f == "hand" or f in HAND_VARIANTS]
     O.silence_frameworks()
     install_timers()
     sc = O.SCENARIOS[size]
@@ -141,21 +162,31 @@ def main(argv=None) -> int:
     def us(ns: float) -> str:
         return f"{ns / steps / 1e3:.2f}"
 
-    names = interval_order(set().union(*(s for s in split["hand"] + split["ember"])))
+    shown = [f for f in fws if f in SPLIT]
+    names = interval_order(set().union(*(p for f in ["hand"] + shown for p in split[f])))
+    torch_calls = "torch's calls, all six"
+    gaps = "the gaps and the rest (total minus torch's calls)"
+
+    def series(fw: str, name: str) -> list[float]:
+        if name == "total":
+            return totals[fw]
+        if name.startswith("end ("):
+            return [t - sum(parts.values()) for t, parts in zip(totals[fw], split[fw])]
+        if name == torch_calls:
+            return [sum(parts.get(c, 0) for c in CALLS) for parts in split[fw]]
+        if name == gaps:
+            return [t - sum(parts.get(c, 0) for c in CALLS) for t, parts in zip(totals[fw], split[fw])]
+        return [parts.get(name, 0) for parts in split[fw]]
+
     rows = []
-    for name in names + ["end (after the last timed call: the end of the run)", "total"]:
-        per_fw = {}
-        for fw in ("hand", "ember"):
-            if name == "total":
-                per_fw[fw] = totals[fw]
-            elif name.startswith("end ("):
-                per_fw[fw] = [t - sum(s.values()) for t, s in zip(totals[fw], split[fw])]
-            else:
-                per_fw[fw] = [s.get(name, 0) for s in split[fw]]
-        diffs = [e - h for h, e in zip(per_fw["hand"], per_fw["ember"])]
-        low, high = C.median_interval(diffs)
-        rows.append([name, us(C.median(per_fw["hand"])), us(C.median(per_fw["ember"])), us(C.median(diffs)),
-                     f"{us(low)} to {us(high)}"])
+    for name in names + ["end (after the last timed call: the end of the run)", torch_calls, gaps, "total"]:
+        hand = series("hand", name)
+        row = [name, us(C.median(hand))]
+        for fw in shown:
+            diffs = [b - a for a, b in zip(hand, series(fw, name))]
+            low, high = C.median_interval(diffs)
+            row.append(f"{us(C.median(diffs))} ({us(low)} to {us(high)})")
+        rows.append(row)
     ratio = {f: C.median([b / a for a, b in zip(totals["hand"], totals[f])]) for f in fws}
     lines = C.header_lines("Where the time of a step goes", {
         "scenario": f"{size} ({steps} steps, batch {sc['batch']}, widths {sc['widths']})",
@@ -163,9 +194,9 @@ def main(argv=None) -> int:
         "ratios to hand (median of per-round ratios, timers on)":
             ", ".join(f"{f} {ratio[f]:.3f}" for f in fws if f != "hand"),
     })
-    lines += ["µs per step, medians over rounds; \"ember - hand\" is the median of the per-round differences, with a "
-              "bootstrap 95 % interval of that median.", ""]
-    lines.append(C.md_table(["interval", "hand", "ember", "ember - hand", "95 % interval"], rows))
+    lines += ["µs per step. \"hand\": the median over rounds; \"X - hand\": the median of the per-round differences, "
+              "with a bootstrap 95 % interval of that median.", ""]
+    lines.append(C.md_table(["interval", "hand"] + [f"{f} - hand" for f in shown], rows))
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
