@@ -10,6 +10,11 @@ shuffled order every round, beside ember with and without its finite-loss check:
   about what ember adds to a small step);
 - ``hand+scattered``: one attribute read from each of ``--objects`` objects allocated apart from each other
   (memory the step's tensor work has likely pushed out of the caches);
+- ``hand+module``: the hand loop driving bench/overhead.py's own LightningModule (ember's class) with
+  ``self.log`` made a no-op: ``loss = module.training_step(batch, batch_idx)`` over ``enumerate(loader)``. This
+  is the user's code that every Lightning-API framework runs on this benchmark (``self.net`` through
+  ``nn.Module.__getattr__``, the ``self.log`` call), at no cost of its own: a floor for any such framework;
+- ``hand+module+finite``: the same plus ember's finite-loss check, the floor for a framework that checks;
 - ``ember`` and ``ember-nocheck`` (the same Trainer with ``check_finite_loss`` off, patched as in bench/ab.py).
 
     python bench/python_cost.py --size small --rounds 150
@@ -34,7 +39,8 @@ import _common as C  # noqa: E402
 
 C.ensure_repo_on_path()
 
-VARIANTS = ("hand", "hand+finite", "hand+hot", "hand+scattered", "ember", "ember-nocheck")
+VARIANTS = ("hand", "hand+finite", "hand+hot", "hand+scattered", "hand+module", "hand+module+finite", "ember",
+            "ember-nocheck")
 
 
 class _Slot:
@@ -75,7 +81,9 @@ def hand_variant(name: str, sc: dict, hot_iterations: int, objects: list):
             total += obj.value
 
     extra = {"hand+hot": extra_hot, "hand+scattered": extra_scattered}.get(name)
-    check = name == "hand+finite"
+    check = name.endswith("+finite")
+    if name.startswith("hand+module"):
+        return module_loop(net, loader, check), net
 
     def timed() -> None:
         opt = torch.optim.SGD(net.parameters(), lr=O.LR, momentum=O.MOMENTUM)
@@ -90,6 +98,33 @@ def hand_variant(name: str, sc: dict, hot_iterations: int, objects: list):
                 extra()
 
     return timed, net
+
+
+def module_loop(net, loader, check: bool):
+    """The hand loop around the benchmark's LightningModule, its ``self.log`` a no-op (see ``hand+module``)."""
+    import torch
+    import ember
+    import overhead as O
+
+    Regressor, _ = O.make_module_classes(ember)
+
+    class UnloggedRegressor(Regressor):
+        def log(self, *args, **kwargs) -> None:
+            pass
+
+    module, isfinite = UnloggedRegressor(net, 1), math.isfinite
+
+    def timed() -> None:
+        opt = torch.optim.SGD(module.parameters(), lr=O.LR, momentum=O.MOMENTUM)
+        for batch_idx, batch in enumerate(loader):
+            loss = module.training_step(batch, batch_idx)
+            if check and not isfinite(loss.item()):
+                raise FloatingPointError("non-finite loss")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return timed
 
 
 def ember_variant(name: str, sc: dict, frameworks: dict):
