@@ -15,7 +15,12 @@ shuffled order every round, beside ember with and without its finite-loss check:
   is the user's code that every Lightning-API framework runs on this benchmark (``self.net`` through
   ``nn.Module.__getattr__``, the ``self.log`` call), at no cost of its own: a floor for any such framework;
 - ``hand+module+finite``: the same plus ember's finite-loss check, the floor for a framework that checks;
-- ``ember`` and ``ember-nocheck`` (the same Trainer with ``check_finite_loss`` off, patched as in bench/ab.py).
+- ``ember`` and ``ember-nocheck`` (the same Trainer with ``check_finite_loss`` off, patched as in bench/ab.py);
+- ``ember-fused``: ember with its training epoch replaced, for this run only, by one function that does the plain
+  step and the end of the batch inline (``fused_train_epoch`` below): the same calls into torch, the user's module
+  and the bar, the same counters written, but no ``plain_step``, ``_step_outputs``, ``optimizer_stepped`` or
+  ``end_of_batch`` frame. It is what merging the step path into one function, undoing the single end-of-batch
+  path, would buy at most. ember's code is not changed.
 
     python bench/python_cost.py --size small --rounds 150
     python bench/python_cost.py --count hand+hot        # one untimed run, for callgrind:
@@ -40,7 +45,7 @@ import _common as C  # noqa: E402
 C.ensure_repo_on_path()
 
 VARIANTS = ("hand", "hand+finite", "hand+hot", "hand+scattered", "hand+module", "hand+module+finite", "ember",
-            "ember-nocheck")
+            "ember-nocheck", "ember-fused")
 
 
 class _Slot:
@@ -127,11 +132,73 @@ def module_loop(net, loader, check: bool):
     return timed
 
 
+def fused_train_epoch(run) -> None:
+    """ember.loop.train_epoch for a plain epoch, with the step and the end of each batch written inline.
+
+    Only for bench/overhead.py's one-epoch scenarios without validation, loggers or batch hooks (it refuses
+    anything else): the same torch calls, hooks and counter writes as ember's path, in one frame.
+    """
+    from ember import loop, step
+    from ember.state import Position
+
+    state, hooks, metrics, data = run.state, run.hooks, run.metrics, run.data
+    metrics.enter("train", "epoch")
+    hooks.call("on_train_epoch_start")
+    metrics.enter("train", "batch")
+    plan = run.plan = step.EpochPlan(run)
+    if (plan.run_step is not step.plain_step or plan.on_batch_start or plan.on_batch_end or plan.later_phases
+            or plan.move_batches or plan.wants_outputs or plan.accumulate != 1 or plan.step_schedulers
+            or plan.epoch_schedulers or data.num_training_batches == math.inf):
+        raise SystemExit("ember-fused: this scenario is not a plain epoch")
+    training_step, zero_grad, backward, step_optimizer = (plan.training_step, plan.zero_grad, plan.backward,
+                                                           plan.step_optimizer)
+    check, paced_due, step_cap = plan.check_finite, plan.paced_due, plan.step_cap
+    last_idx = data.num_training_batches - 1
+    state.is_last_batch = state.epoch_reached_end = False
+    isfinite = math.isfinite
+    for batch_idx, batch in loop.open_epoch(run, plan):
+        state.batch_idx = batch_idx
+        is_last = state.is_last_batch = batch_idx == last_idx
+        metrics.current_batch = batch
+        loss = training_step(batch, batch_idx)
+        if check and not isfinite(loss.item()):
+            raise FloatingPointError("non-finite loss")
+        zero_grad()
+        backward(loss)
+        step_optimizer()
+        state.accumulated = 0
+        state.global_step += 1
+        plan.last_loss = loss
+        if is_last:
+            state.epoch_reached_end = True
+        state.batches_seen_in_epoch = batch_idx + 1
+        state.total_batches_run += 1
+        state.batches_that_stepped += 1
+        if batch_idx >= paced_due:
+            plan.call_paced(None, batch, batch_idx)
+            paced_due = plan.paced_due
+        if (state.should_stop or state.global_step >= step_cap) and loop.stop_within_epoch(run):
+            break
+    state.position = Position.EPOCH_ENDED
+    metrics.enter("train", "epoch")
+    hooks.call("on_train_epoch_end")
+    loop.write_train_epoch(run)
+
+
 def ember_variant(name: str, sc: dict, frameworks: dict):
     import ab
     import overhead as O
+    from ember import loop
 
-    restore = ab.without("finite") if name == "ember-nocheck" else None
+    restore = None
+    if name == "ember-nocheck":
+        restore = ab.without("finite")
+    elif name == "ember-fused":
+        original = loop.train_epoch
+        loop.train_epoch = fused_train_epoch
+
+        def restore() -> None:
+            loop.train_epoch = original
     timed, net = O.prepare_run("ember", frameworks, sc)
 
     def run() -> None:
